@@ -1,0 +1,3 @@
+from labelfix.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""The labelfix command line. The only part of labelfix that prints or exits."""
+
+from __future__ import annotations
+
+import typer
+
+from labelfix.cli import audits, candidates, db, scan
+from labelfix.cli._common import AppState
+
+app = typer.Typer(
+    name="labelfix",
+    help="Find label errors in a classification dataset, review them, and publish the "
+    "corrected data with its history.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    add_completion=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from labelfix import __version__
+
+        typer.echo(f"labelfix {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main_callback(
+    ctx: typer.Context,
+    db: str = typer.Option(
+        "labelfix.db", "--db", envvar="LABELFIX_DB", metavar="URL|PATH",
+        help="The labelfix database: a SQLite file path or any SQLAlchemy URL.",
+        show_default=True,
+    ),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
+    ),
+) -> None:
+    ctx.obj = AppState(db=db)
+
+
+app.command("scan")(scan.scan)
+app.command("candidates")(candidates.candidates)
+app.command("audits")(audits.audits)
+app.add_typer(db.app, name="db")
+
+
+def main() -> None:
+    app()

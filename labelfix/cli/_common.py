@@ -1,0 +1,167 @@
+"""What every command shares: the store from --db, error mapping, progress on stderr, JSON."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import typer
+
+from labelfix.errors import LabelfixError
+from labelfix.events import Event
+
+
+@dataclass
+class AppState:
+    db: str | None = None
+
+
+def get_store(ctx: typer.Context) -> Any:
+    from labelfix.store import Store, resolve_url
+
+    state: AppState = ctx.find_root().obj or AppState()
+    return Store(resolve_url(state.db))
+
+
+def fail(message: str, code: int) -> typer.Exit:
+    # One line, whatever the message holds: scripts grep stderr.
+    typer.echo(f"Error: {' '.join(message.split())}", err=True)
+    return typer.Exit(code)
+
+
+@contextmanager
+def errors_to_exit() -> Iterator[None]:
+    """Turn labelfix errors into one line on stderr and their exit code; never a traceback.
+
+    Set LABELFIX_DEBUG=1 to see the traceback of an unexpected error.
+    """
+    try:
+        yield
+    except LabelfixError as exc:
+        raise fail(str(exc), exc.exit_code) from None
+    except KeyboardInterrupt:
+        raise fail("interrupted", 130) from None
+    except (typer.Exit, typer.Abort, SystemExit):
+        raise
+    except Exception as exc:
+        if os.environ.get("LABELFIX_DEBUG"):
+            traceback.print_exc()
+        raise fail(f"unexpected {type(exc).__name__}: {exc} (a bug in labelfix; rerun with "
+                   "LABELFIX_DEBUG=1 for the traceback and report it)", 1) from None
+
+
+def print_json(data: Any) -> None:
+    typer.echo(json.dumps(data, indent=2, ensure_ascii=False, default=_json_default))
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, datetime):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+class ProgressReporter:
+    """Renders core events on stderr: progress bars on a terminal, messages everywhere."""
+
+    def __init__(self, *, quiet: bool = False) -> None:
+        from rich.console import Console
+
+        self.console = Console(stderr=True)
+        self.quiet = quiet
+        self._progress: Any = None
+        self._tasks: dict[str, Any] = {}
+
+    def __enter__(self) -> ProgressReporter:
+        if sys.stderr.isatty() and not self.quiet:
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                SpinnerColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+
+            self._progress = Progress(
+                SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                console=self.console, transient=True,
+            )
+            self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+    def __call__(self, event: Event) -> None:
+        if event.kind == "warning":
+            self._message(f"Warning: {event.message}")
+        elif event.kind == "info":
+            if not self.quiet:
+                self._message(event.message)
+        elif self._progress is not None:
+            if event.kind == "begin":
+                self._tasks[event.task] = self._progress.add_task(event.task, total=event.total)
+            elif event.kind == "advance" and event.task in self._tasks:
+                self._progress.advance(self._tasks[event.task], event.amount)
+            elif event.kind == "end" and event.task in self._tasks:
+                self._progress.remove_task(self._tasks.pop(event.task))
+
+    def _message(self, text: str) -> None:
+        if self._progress is not None:
+            self._progress.console.print(text, markup=False, highlight=False)
+        else:
+            typer.echo(text, err=True)
+
+
+def candidate_table(rows: list[dict[str, Any]], *, width: int, title: str | None = None) -> Any:
+    """A rich table of candidates: rank, row, given -> suggested, quality, text cut to ``width``."""
+    headers = ("Rank", "Row", "Given -> suggested", "Quality", "Text")
+    cells = [
+        [str(row["rank"]), str(row["row"]), f"{row['given_label']} -> {row['suggested_label']}",
+         f"{row['label_quality']:.3f}", " ".join(str(row["text"]).split())]
+        for row in rows
+    ]
+    return fixed_table(headers, cells, width=width, title=title,
+                       right_aligned={"Rank", "Row", "Quality"})
+
+
+def fixed_table(
+    headers: tuple[str, ...], cells: list[list[str]], *, width: int, title: str | None = None,
+    right_aligned: set[str] | frozenset[str] = frozenset(), wrap_last: bool = False,
+) -> Any:
+    """A table whose columns keep their full width except the last, which is cut to fit.
+
+    Rich shrinks and collapses no-wrap columns on narrow terminals; sizing them here keeps row
+    numbers and labels whole and cuts only the free text.
+    """
+    from rich.table import Table
+
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
+    # Each column after the first costs 3 characters of separator (" │ ").
+    room = max(6 if wrap_last else 10, width - sum(widths[:-1]) - 3 * (len(headers) - 1))
+    widths[-1] = min(widths[-1], room)
+    table = Table(title=title, show_edge=False, pad_edge=False, expand=False)
+    for index, (header, column_width) in enumerate(zip(headers, widths, strict=True)):
+        wrap = wrap_last and index == len(headers) - 1
+        table.add_column(header, no_wrap=not wrap, width=column_width,
+                         overflow="fold" if wrap else "ellipsis",
+                         justify="right" if header in right_aligned else "left")
+    for row in cells:
+        table.add_row(*row)
+    return table
+
+
+def stdout_console() -> Any:
+    from rich.console import Console
+
+    return Console(highlight=False)

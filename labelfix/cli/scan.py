@@ -1,0 +1,103 @@
+"""labelfix scan: score every row, flag label-error candidates, record the audit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from labelfix.cli._common import (
+    ProgressReporter,
+    candidate_table,
+    errors_to_exit,
+    get_store,
+    print_json,
+    stdout_console,
+)
+
+FILTER_HELP = ("cleanlab's filter_by: prune_by_noise_rate, prune_by_class, both, confident_learning, "
+               "predicted_neq_given, low_normalized_margin, low_self_confidence.")
+RANK_HELP = "cleanlab's ranking: self_confidence, normalized_margin, confidence_weighted_entropy."
+
+
+def scan(
+    ctx: typer.Context,
+    source: str = typer.Argument(
+        ..., metavar="SOURCE",
+        help="A Hugging Face dataset id, a save_to_disk folder, a .csv/.tsv/.jsonl/.parquet "
+        "file, or 'demo' (the AG News test split shipped with labelfix).",
+    ),
+    name: str | None = typer.Option(
+        None, "--name", help="The name to record the dataset under [default: from SOURCE]."),
+    split: str | None = typer.Option(None, "--split", help="The split to scan (hub datasets and "
+                                     "DatasetDict folders)."),
+    config: str | None = typer.Option(None, "--config", help="The hub dataset's configuration."),
+    text_column: list[str] | None = typer.Option(
+        None, "--text-column", help="The text column; give it twice for sentence pairs "
+        "[default: text]."),
+    label_column: str | None = typer.Option(
+        None, "--label-column", help="The label column [default: label]."),
+    labels: str | None = typer.Option(
+        None, "--labels", metavar="A,B,C",
+        help="Label names: names for integer labels (0, 1, ...) or the order of string labels."),
+    probs: Path | None = typer.Option(
+        None, "--probs", metavar="FILE",
+        help="Predicted probabilities you already have: an N x K .npy, .csv or .parquet file, "
+        "columns in label order."),
+    probs_column: str | None = typer.Option(
+        None, "--probs-column", metavar="COL",
+        help="A column of the dataset holding each row's K probabilities as a list."),
+    folds: int = typer.Option(
+        5, "--folds", min=2, max=50,
+        help="Folds of the cross-validated TF-IDF + logistic regression baseline, used when no "
+        "probabilities are given."),
+    filter_by: str = typer.Option("prune_by_noise_rate", "--filter-by", help=FILTER_HELP),
+    rank_by: str = typer.Option("self_confidence", "--rank-by", help=RANK_HELP),
+    top: int = typer.Option(20, "--top", min=0, help="How many top candidates to show."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
+) -> None:
+    """Scan a dataset for label errors with cleanlab's confident learning and record the audit.
+
+    Prints the number of rows, the number of candidates and the top candidates; every row's
+    probabilities and every candidate are kept in the database for review, sync and export.
+    """
+    from labelfix.data import SourceSpec
+    from labelfix.scan import run_scan
+
+    with errors_to_exit():
+        spec = SourceSpec(
+            source=source, split=split, config=config,
+            text_columns=tuple(text_column or ()), label_column=label_column,
+            labels=_parse_labels(labels), probs_column=probs_column,
+        )
+        store = get_store(ctx)
+        with ProgressReporter() as reporter:
+            result = run_scan(
+                store, spec, name=name, probs_file=probs, folds=folds, filter_by=filter_by,
+                rank_by=rank_by, top=top, on_event=reporter,
+            )
+    if as_json:
+        print_json({
+            "audit_id": result.audit_id, "dataset": result.dataset, "total": result.total,
+            "candidates": result.candidates, "model": result.model,
+            "filter_by": result.filter_by, "accuracy": round(result.accuracy, 6),
+        })
+        return
+    share = 100.0 * result.candidates / result.total if result.total else 0.0
+    typer.echo(f"Total: {result.total}")
+    typer.echo(f"Candidates: {result.candidates} ({share:.1f}%)")
+    typer.echo(f"Accuracy of the probabilities: {100 * result.accuracy:.1f}% ({result.model})")
+    typer.echo(f"Audit {result.audit_id} of {result.dataset} (version {result.version}) recorded"
+               f"{' with the stored probabilities' if result.probabilities_reused else ''}.")
+    if result.top:
+        rows = [vars(c) for c in result.top]
+        console = stdout_console()
+        console.print(candidate_table(rows, width=console.width, title=f"Top {len(rows)} candidates"))
+        if result.candidates > len(rows):
+            typer.echo(f"All {result.candidates}: labelfix candidates {result.audit_id}")
+
+
+def _parse_labels(value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    return tuple(part.strip() for part in value.split(","))

@@ -1,0 +1,271 @@
+"""The scan use case: data -> predicted probabilities -> confident learning -> an audit on record.
+
+Everything that can be checked without the store is checked first, so that bad input writes
+nothing. The audit row is committed as ``running`` before the long work starts and becomes
+``complete`` in the same transaction as its candidates, so an audit that says complete is.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from labelfix import __version__
+from labelfix.data import DataView, SourceSpec, load, text_hash
+from labelfix.detect import (
+    DEFAULT_FILTER_BY,
+    DEFAULT_RANK_BY,
+    Detection,
+    check_options,
+    find_candidates,
+    library_version,
+)
+from labelfix.errors import UsageError
+from labelfix.events import Event, EventCallback, Task, ignore
+from labelfix.models import baseline, precomputed
+from labelfix.store import Store
+from labelfix.store import probabilities as stored_probs
+from labelfix.store.models import Audit, Candidate, ProbabilitySet, utcnow
+from labelfix.store.queries import DatasetInfo, ensure_version
+
+
+@dataclass(frozen=True)
+class CandidateView:
+    """One candidate as people read it."""
+
+    rank: int
+    row: int
+    text: str
+    given_label: str
+    suggested_label: str
+    label_quality: float
+
+
+@dataclass(frozen=True)
+class ScanResult:
+    audit_id: int
+    dataset: str
+    version: int
+    total: int
+    candidates: int
+    model: str
+    filter_by: str
+    rank_by: str
+    accuracy: float
+    probabilities_reused: bool
+    top: list[CandidateView] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class _ProbabilityPlan:
+    """Where this scan's probabilities come from, decided before the store is touched."""
+
+    kind: str
+    model: str
+    source_key: str
+    matrix: np.ndarray | None
+    parameters: dict[str, object]
+
+
+def run_scan(
+    store: Store,
+    spec: SourceSpec,
+    *,
+    name: str | None = None,
+    probs_file: str | Path | None = None,
+    folds: int = 5,
+    seed: int = 0,
+    filter_by: str = DEFAULT_FILTER_BY,
+    rank_by: str = DEFAULT_RANK_BY,
+    top: int = 20,
+    on_event: EventCallback = ignore,
+) -> ScanResult:
+    """Scan a dataset for label errors and record the audit.
+
+    Probabilities come from ``probs_file`` ((N, K) .npy/.csv/.parquet), from
+    ``spec.probs_column``, or else from the cross-validated TF-IDF baseline with ``folds`` folds.
+
+    Raises:
+        DataError, ProbabilitiesError, UsageError: bad input (nothing is written).
+        StoreError: the database cannot be opened or written.
+    """
+    check_options(filter_by=filter_by, rank_by=rank_by)
+    if probs_file is not None and spec.probs_column is not None:
+        raise UsageError("--probs and --probs-column both give probabilities; pass only one")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    with Task(on_event, "Loading data", total=None):
+        view = load(spec, name=name)
+    timings["load"] = time.perf_counter() - started
+
+    plan = _plan_probabilities(view, probs_file=probs_file, folds=folds, seed=seed,
+                               on_event=on_event)
+    parameters = {"filter_by": filter_by, "rank_by": rank_by, **plan.parameters}
+
+    info = DatasetInfo(
+        name=view.name, source=view.source, source_kind=view.source_kind, config=view.config,
+        split=view.split, text_columns=view.text_columns, label_column=view.label_column,
+        label_names=view.label_names, fingerprint=view.fingerprint, row_count=view.n_rows,
+    )
+    with store.session() as session:
+        version = ensure_version(session, info=info)
+        existing = stored_probs.find(session, fingerprint=view.fingerprint,
+                                     source_key=plan.source_key)
+        audit = Audit(
+            dataset_version_id=version.id, status="running", model=plan.model,
+            prob_source=plan.kind, parameters=parameters, labelfix_version=__version__,
+            cleanlab_version=library_version(), total=view.n_rows,
+            probability_set_id=existing.id if existing else None,
+            probabilities_reused=existing is not None, timings={},
+        )
+        session.add(audit)
+        session.flush()
+        audit_id, version_number = audit.id, version.version
+
+    try:
+        return _finish(store, view, plan, audit_id=audit_id, version=version_number,
+                       reuse=existing is not None, filter_by=filter_by, rank_by=rank_by,
+                       top=top, timings=timings, started=started, on_event=on_event)
+    except BaseException as exc:
+        _mark_failed(store, audit_id, exc)
+        raise
+
+
+def _plan_probabilities(
+    view: DataView, *, probs_file: str | Path | None, folds: int, seed: int,
+    on_event: EventCallback,
+) -> _ProbabilityPlan:
+    if probs_file is not None:
+        with Task(on_event, "Reading probabilities", total=None):
+            raw = precomputed.read_probs_file(probs_file)
+            matrix = precomputed.validate(raw, n_rows=view.n_rows, label_names=view.label_names,
+                                          where=f"--probs {probs_file}", on_event=on_event)
+            del raw
+        return _ProbabilityPlan("file", f"probs:{Path(probs_file).name}",
+                                precomputed.content_key(matrix), matrix,
+                                {"probs_file": str(Path(probs_file).expanduser().resolve())})
+    column = view.extra.get("probs_column")
+    if column is not None:
+        where = f"--probs-column {column_name(view)}"
+        raw = precomputed.list_column_matrix(column, where)
+        matrix = precomputed.validate(raw, n_rows=view.n_rows, label_names=view.label_names,
+                                      where=where, on_event=on_event)
+        return _ProbabilityPlan("column", f"column:{column_name(view)}",
+                                precomputed.content_key(matrix), matrix,
+                                {"probs_column": column_name(view)})
+    baseline.check_folds(view.labels, view.label_names, folds=folds)
+    return _ProbabilityPlan("baseline", baseline.describe(folds=folds),
+                            baseline.source_key(folds=folds, seed=seed), None,
+                            {"folds": folds, "seed": seed})
+
+
+def column_name(view: DataView) -> str:
+    return str(view.extra["probs_column_name"])
+
+
+def _finish(
+    store: Store, view: DataView, plan: _ProbabilityPlan, *, audit_id: int, version: int,
+    reuse: bool, filter_by: str, rank_by: str, top: int, timings: dict[str, float],
+    started: float, on_event: EventCallback,
+) -> ScanResult:
+    step = time.perf_counter()
+    if plan.matrix is not None:
+        matrix = plan.matrix
+    elif reuse:
+        with store.session() as session:
+            prob_set_id = session.get_one(Audit, audit_id).probability_set_id
+            matrix = stored_probs.load(session, session.get_one(ProbabilitySet, prob_set_id))
+    else:
+        matrix = _compute(view, plan, on_event)
+    if reuse:
+        on_event(Event("info", message=(
+            f"Reusing the probabilities stored for this data and source ({plan.model})"
+        )))
+    else:
+        # Committed on their own: a scan that fails later keeps them for the rerun.
+        with store.session() as session, Task(on_event, "Storing probabilities",
+                                              total=view.n_rows) as task:
+            prob_set = stored_probs.save(
+                session, matrix, fingerprint=view.fingerprint, source_key=plan.source_key,
+                source=plan.model, on_chunk=task.advance,
+            )
+            session.get_one(Audit, audit_id).probability_set_id = prob_set.id
+    timings["probabilities"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    with Task(on_event, "Finding label issues (cleanlab)", total=None):
+        detection = find_candidates(view.labels, matrix, filter_by=filter_by, rank_by=rank_by)
+    timings["detect"] = time.perf_counter() - step
+
+    step = time.perf_counter()
+    rows = _candidate_rows(view, detection, audit_id=audit_id)
+    with store.session() as session:
+        if rows:
+            session.execute(Candidate.__table__.insert(), rows)
+        audit = session.get_one(Audit, audit_id)
+        timings["store"] = time.perf_counter() - step
+        timings["total"] = time.perf_counter() - started
+        audit.status = "complete"
+        audit.candidates = len(rows)
+        audit.accuracy = detection.accuracy
+        audit.timings = {key: round(value, 4) for key, value in timings.items()}
+        audit.finished_at = utcnow()
+    names = view.label_names
+    return ScanResult(
+        audit_id=audit_id, dataset=view.name, version=version, total=view.n_rows,
+        candidates=len(rows), model=plan.model, filter_by=filter_by, rank_by=rank_by,
+        accuracy=detection.accuracy, probabilities_reused=reuse,
+        top=[
+            CandidateView(rank=r["rank"], row=r["row"], text=r["text"],
+                          given_label=names[r["given_label"]],
+                          suggested_label=names[r["suggested_label"]],
+                          label_quality=r["label_quality"])
+            for r in rows[:top]
+        ],
+    )
+
+
+def _compute(view: DataView, plan: _ProbabilityPlan, on_event: EventCallback) -> np.ndarray:
+    texts, pairs = view.text_lists()
+    params = plan.parameters
+    return baseline.out_of_fold_probabilities(
+        texts, view.labels, n_classes=view.n_classes, text_pairs=pairs,
+        folds=int(params["folds"]), seed=int(params["seed"]), on_event=on_event,
+    )
+
+
+def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int) -> list[dict]:
+    ranked = detection.ranked
+    if len(ranked) == 0:
+        return []
+    texts = view.texts[0].take(ranked).to_pylist()
+    pairs = view.texts[1].take(ranked).to_pylist() if len(view.texts) > 1 else [None] * len(ranked)
+    given = view.labels[ranked].tolist()
+    suggested = detection.suggested[ranked].tolist()
+    quality = detection.label_quality[ranked].tolist()
+    return [
+        {
+            "audit_id": audit_id, "row": int(row), "rank": rank, "text": text,
+            "text_pair": pair, "text_hash": text_hash(text, pair),
+            "given_label": g, "suggested_label": s, "label_quality": float(q),
+        }
+        for rank, (row, text, pair, g, s, q) in enumerate(
+            zip(ranked.tolist(), texts, pairs, given, suggested, quality, strict=True), start=1
+        )
+    ]
+
+
+def _mark_failed(store: Store, audit_id: int, exc: BaseException) -> None:
+    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (str(exc) or type(exc).__name__)
+    try:
+        with store.session() as session:
+            audit = session.get(Audit, audit_id)
+            if audit is not None and audit.status == "running":
+                audit.status = "failed"
+                audit.error = reason[:2000]
+                audit.finished_at = utcnow()
+    except Exception:  # noqa: BLE001 -- the original error matters more than this one
+        pass

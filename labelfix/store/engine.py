@@ -1,0 +1,235 @@
+"""Opening the store: URL resolution, SQLite settings, migrate on open.
+
+``Store`` is cheap to create and connects on first use, so that a command that fails on bad
+input never creates or touches a database.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from labelfix.errors import StoreError
+
+DEFAULT_DB = "labelfix.db"
+BUSY_TIMEOUT_MS = 30_000
+
+
+def resolve_url(db: str | os.PathLike[str] | None) -> str:
+    """Turn ``--db`` (a SQLAlchemy URL or a file path) into a URL; None means ``./labelfix.db``.
+
+    Raises:
+        StoreError: the value is neither a URL SQLAlchemy knows nor a usable path.
+    """
+    raw = os.fspath(db) if db is not None else DEFAULT_DB
+    if "://" in raw:
+        try:
+            make_url(raw)
+        except ArgumentError as exc:
+            raise StoreError(f"--db {raw!r} is not a valid database URL ({exc}); "
+                             "pass a file path or a URL like sqlite:///labelfix.db") from None
+        return raw
+    return f"sqlite:///{Path(raw).expanduser().resolve()}"
+
+
+def redact(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def migrations_dir() -> Path:
+    """Where the Alembic scripts are: inside an installed wheel, or at the top of a checkout."""
+    here = Path(__file__).resolve().parent.parent
+    for candidate in (here / "_migrations", here.parent / "migrations"):
+        if (candidate / "env.py").is_file():
+            return candidate
+    raise StoreError(
+        "labelfix's database migrations are missing from this installation; reinstall labelfix",
+        exit_code=1,
+    )
+
+
+def alembic_config(url: str) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    # ConfigParser interpolation would choke on '%' in a password.
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    return config
+
+
+def _sqlite_settings(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let SQLAlchemy, not pysqlite, decide when transactions begin, so that PRAGMAs run
+        # outside of one and SAVEPOINTs behave.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA foreign_keys = ON")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        # Safe with WAL: a power cut may lose the last commit, never corrupt the file.
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN")
+
+
+def _check_sqlite_path(url: str) -> None:
+    database = make_url(url).database
+    if not database or database == ":memory:":
+        return
+    path = Path(database)
+    if not path.parent.is_dir():
+        raise StoreError(
+            f"cannot create database {path}: folder {path.parent} does not exist; "
+            "create it or pass --db with another path"
+        )
+    if path.is_dir():
+        raise StoreError(f"--db {path} is a folder; pass a file path such as {path}/labelfix.db")
+
+
+class Store:
+    """A labelfix database, opened and upgraded to the current schema on first use."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._engine: Engine | None = None
+        self._sessions: sessionmaker[Session] | None = None
+
+    @property
+    def engine(self) -> Engine:
+        """The engine, after the database was created or upgraded (raises StoreError)."""
+        if self._engine is None:
+            engine = self._connect()
+            try:
+                upgrade(engine, self.url)
+            except BaseException:
+                engine.dispose()
+                raise
+            self._engine = engine
+            self._sessions = sessionmaker(engine, expire_on_commit=False)
+        return self._engine
+
+    def _connect(self) -> Engine:
+        is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        if is_sqlite:
+            _check_sqlite_path(self.url)
+        try:
+            engine = create_engine(self.url)
+        except (ArgumentError, ImportError) as exc:
+            raise StoreError(f"cannot use database {redact(self.url)}: {exc}") from None
+        if is_sqlite:
+            _sqlite_settings(engine)
+        return engine
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A session in a transaction: committed when the block ends, rolled back on error."""
+        self.engine  # noqa: B018 -- connects and migrates
+        sessions = self._sessions
+        if sessions is None:  # pragma: no cover -- set together with the engine
+            raise StoreError("database session factory missing", exit_code=1)
+        try:
+            with sessions.begin() as session:
+                yield session
+        except OperationalError as exc:
+            raise _translate(exc, self.url) from None
+
+    def dispose(self) -> None:
+        if self._engine is not None:
+            self._engine.dispose()
+            self._engine = None
+            self._sessions = None
+
+
+def _translate(exc: SQLAlchemyError, url: str) -> StoreError:
+    text = str(getattr(exc, "orig", exc))
+    where = redact(url)
+    if "readonly" in text or "read-only" in text:
+        return StoreError(f"database {where} cannot be written ({text}); "
+                          "check its permissions or pass --db with a writable path")
+    if "unable to open" in text:
+        return StoreError(f"cannot open database {where} ({text}); "
+                          "check the path and its permissions or pass --db with another path")
+    if "locked" in text:
+        return StoreError(f"database {where} stayed locked by another labelfix process for "
+                          f"{BUSY_TIMEOUT_MS // 1000} s; try again when it has finished",
+                          exit_code=1)
+    return StoreError(f"database {where} failed: {text}", exit_code=1)
+
+
+def head_revision() -> str:
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory(str(migrations_dir()))
+    head = script.get_current_head()
+    if head is None:
+        raise StoreError("labelfix's migrations have no head revision; reinstall labelfix",
+                         exit_code=1)
+    return head
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision the database is at, or None for an empty database."""
+    from alembic.runtime.migration import MigrationContext
+
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except OperationalError as exc:
+        raise _translate(exc, str(engine.url)) from None
+
+
+def upgrade(engine: Engine, url: str) -> None:
+    """Bring the database to the newest schema this labelfix knows.
+
+    Raises:
+        StoreError: the database was made by a newer labelfix, cannot be written, or the
+            migration failed.
+    """
+    from alembic import command
+    from alembic.script import ScriptDirectory
+    from alembic.util.exc import CommandError
+
+    script = ScriptDirectory(str(migrations_dir()))
+    current = current_revision(engine)
+    if current is not None:
+        try:
+            known = script.get_revision(current)
+        except CommandError:
+            known = None
+        if known is None:
+            raise StoreError(
+                f"database {redact(url)} was made by a newer labelfix (schema revision "
+                f"{current}); upgrade labelfix (pip install -U labelfix) or pass --db with "
+                "another database"
+            )
+    if current == script.get_current_head():
+        return
+    if current is None and inspect(engine).get_table_names():
+        raise StoreError(
+            f"database {redact(url)} holds tables that are not labelfix's; "
+            "pass --db with a new or labelfix database"
+        )
+    config = alembic_config(url)
+    try:
+        with engine.begin() as connection:
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except OperationalError as exc:
+        raise _translate(exc, url) from None

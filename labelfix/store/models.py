@@ -1,0 +1,168 @@
+"""The tables of the labelfix store (SQLAlchemy 2 typed models).
+
+Any change here needs an Alembic revision in ``migrations/versions``; ``tests/test_store.py``
+fails when the two disagree.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# Explicit constraint names keep batch migrations on SQLite and renames on PostgreSQL predictable.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+class Dataset(Base):
+    """A dataset as users name it (``ag_news``), and where its rows come from."""
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    source: Mapped[str] = mapped_column(Text)
+    source_kind: Mapped[str] = mapped_column(String(20))
+    config: Mapped[str | None] = mapped_column(String(200))
+    split: Mapped[str | None] = mapped_column(String(200))
+    text_columns: Mapped[list[str]] = mapped_column(JSON)
+    label_column: Mapped[str] = mapped_column(String(200))
+    label_names: Mapped[list[str]] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    versions: Mapped[list[DatasetVersion]] = relationship(
+        back_populates="dataset", order_by="DatasetVersion.version"
+    )
+
+
+class DatasetVersion(Base):
+    """One version of a dataset's rows: 0 is the data as first scanned, each export adds one."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    version: Mapped[int] = mapped_column(Integer)
+    fingerprint: Mapped[str] = mapped_column(String(64), index=True)
+    row_count: Mapped[int] = mapped_column(Integer)
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    location: Mapped[str | None] = mapped_column(Text)
+    corrections_applied: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+    dataset: Mapped[Dataset] = relationship(back_populates="versions")
+
+
+class ProbabilitySet(Base):
+    """An N x K matrix of predicted probabilities, kept once per (data, source) pair.
+
+    ``source_key`` identifies where the numbers came from (a file's content hash, the baseline
+    with its parameters, a model and revision) so that a re-scan can reuse them.
+    """
+
+    __tablename__ = "probability_sets"
+    __table_args__ = (UniqueConstraint("fingerprint", "source_key"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(String(64))
+    source_key: Mapped[str] = mapped_column(String(200))
+    source: Mapped[str] = mapped_column(Text)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    n_classes: Mapped[int] = mapped_column(Integer)
+    dtype: Mapped[str] = mapped_column(String(20))
+    # None while chunks are being written: a crash mid-write leaves an incomplete set that is
+    # ignored and replaced, never read.
+    completed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class ProbabilityChunk(Base):
+    """A run of consecutive rows of a probability matrix, as raw little-endian bytes."""
+
+    __tablename__ = "probability_chunks"
+
+    set_id: Mapped[int] = mapped_column(
+        ForeignKey("probability_sets.id", ondelete="CASCADE"), primary_key=True
+    )
+    chunk_index: Mapped[int] = mapped_column(Integer, primary_key=True)
+    row_start: Mapped[int] = mapped_column(Integer)
+    n_rows: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class Audit(Base):
+    """One scan: which data, which probabilities, which cleanlab settings, and what came out."""
+
+    __tablename__ = "audits"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"), index=True)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    model: Mapped[str] = mapped_column(Text)
+    model_revision: Mapped[str | None] = mapped_column(String(200))
+    prob_source: Mapped[str] = mapped_column(String(40))
+    probability_set_id: Mapped[int | None] = mapped_column(ForeignKey("probability_sets.id"))
+    probabilities_reused: Mapped[bool] = mapped_column(default=False)
+    parameters: Mapped[dict[str, Any]] = mapped_column(JSON)
+    labelfix_version: Mapped[str] = mapped_column(String(40))
+    cleanlab_version: Mapped[str | None] = mapped_column(String(40))
+    total: Mapped[int | None] = mapped_column(Integer)
+    candidates: Mapped[int | None] = mapped_column(Integer)
+    accuracy: Mapped[float | None] = mapped_column(Float)
+    timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+
+    dataset_version: Mapped[DatasetVersion] = relationship()
+
+
+class Candidate(Base):
+    """A row that confident learning flags as a possible label error in one audit."""
+
+    __tablename__ = "candidates"
+    __table_args__ = (
+        UniqueConstraint("audit_id", "row"),
+        Index("ix_candidates_audit_id_rank", "audit_id", "rank"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id"))
+    row: Mapped[int] = mapped_column(Integer)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    # The text is kept so that review never has to reload the source data.
+    text: Mapped[str] = mapped_column(Text)
+    text_pair: Mapped[str | None] = mapped_column(Text)
+    given_label: Mapped[int] = mapped_column(Integer)
+    suggested_label: Mapped[int] = mapped_column(Integer)
+    label_quality: Mapped[float] = mapped_column(Float)
+    rank: Mapped[int] = mapped_column(Integer)

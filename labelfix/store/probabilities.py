@@ -1,0 +1,97 @@
+"""Probability matrices in the store: chunked raw float32 blobs, one set per (data, source)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from labelfix.store.models import ProbabilityChunk, ProbabilitySet, utcnow
+
+# About 4 MiB a chunk: small enough to stream, large enough that a million rows is ~20 rows.
+CHUNK_BYTES = 4 << 20
+DTYPE = "<f4"
+
+
+def find(session: Session, *, fingerprint: str, source_key: str) -> ProbabilitySet | None:
+    """The complete stored set for this data and probability source, if there is one."""
+    return session.scalars(
+        select(ProbabilitySet).where(
+            ProbabilitySet.fingerprint == fingerprint,
+            ProbabilitySet.source_key == source_key,
+            ProbabilitySet.completed_at.is_not(None),
+        )
+    ).first()
+
+
+def save(
+    session: Session,
+    matrix: np.ndarray,
+    *,
+    fingerprint: str,
+    source_key: str,
+    source: str,
+    on_chunk: Callable[[int], None] | None = None,
+) -> ProbabilitySet:
+    """Store an (N, K) matrix as float32 chunks and return its set (flushed, not committed).
+
+    An incomplete set left by a crash for the same key is replaced.
+    """
+    stale = session.scalars(
+        select(ProbabilitySet).where(
+            ProbabilitySet.fingerprint == fingerprint, ProbabilitySet.source_key == source_key
+        )
+    ).first()
+    if stale is not None:
+        if stale.completed_at is not None:
+            return stale
+        session.execute(delete(ProbabilityChunk).where(ProbabilityChunk.set_id == stale.id))
+        session.delete(stale)
+        session.flush()
+    n_rows, n_classes = matrix.shape
+    prob_set = ProbabilitySet(
+        fingerprint=fingerprint, source_key=source_key, source=source,
+        n_rows=n_rows, n_classes=n_classes, dtype=DTYPE,
+    )
+    session.add(prob_set)
+    session.flush()
+    rows_per_chunk = max(1, CHUNK_BYTES // max(1, n_classes * 4))
+    data = np.ascontiguousarray(matrix, dtype=DTYPE)
+    for index, start in enumerate(range(0, max(n_rows, 1), rows_per_chunk)):
+        block = data[start : start + rows_per_chunk]
+        session.execute(
+            ProbabilityChunk.__table__.insert(),
+            {"set_id": prob_set.id, "chunk_index": index, "row_start": start,
+             "n_rows": len(block), "data": block.tobytes()},
+        )
+        if on_chunk is not None:
+            on_chunk(len(block))
+    prob_set.completed_at = utcnow()
+    session.flush()
+    return prob_set
+
+
+def load(session: Session, prob_set: ProbabilitySet) -> np.ndarray:
+    """The stored matrix as (N, K) float32."""
+    out = np.empty((prob_set.n_rows, prob_set.n_classes), dtype=np.float32)
+    rows = session.execute(
+        select(ProbabilityChunk.row_start, ProbabilityChunk.n_rows, ProbabilityChunk.data)
+        .where(ProbabilityChunk.set_id == prob_set.id)
+        .order_by(ProbabilityChunk.chunk_index)
+    )
+    filled = 0
+    for row_start, n_rows, data in rows:
+        out[row_start : row_start + n_rows] = np.frombuffer(data, dtype=prob_set.dtype).reshape(
+            n_rows, prob_set.n_classes
+        )
+        filled += n_rows
+    if filled != prob_set.n_rows:
+        from labelfix.errors import StoreError
+
+        raise StoreError(
+            f"stored probabilities {prob_set.id} hold {filled} of {prob_set.n_rows} rows; "
+            "the database is damaged, scan again with another --db", exit_code=1,
+        )
+    return out

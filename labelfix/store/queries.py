@@ -1,0 +1,176 @@
+"""Reads and writes of the store that the use cases share. Each takes a session first."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from labelfix.errors import DataError, NotFoundError
+from labelfix.store.models import Audit, Candidate, Dataset, DatasetVersion
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What the store needs to know about a dataset to record a scan of it."""
+
+    name: str
+    source: str
+    source_kind: str
+    config: str | None
+    split: str | None
+    text_columns: Sequence[str]
+    label_column: str
+    label_names: Sequence[str]
+    fingerprint: str
+    row_count: int
+
+
+def get_dataset(session: Session, *, name: str) -> Dataset | None:
+    return session.scalars(select(Dataset).where(Dataset.name == name)).first()
+
+
+def ensure_version(session: Session, *, info: DatasetInfo) -> DatasetVersion:
+    """The dataset version holding exactly these rows, created as version 0 on a first scan.
+
+    Raises:
+        DataError: the name is taken by another source, or the data behind the name changed.
+    """
+    dataset = get_dataset(session, name=info.name)
+    if dataset is None:
+        dataset = Dataset(
+            name=info.name, source=info.source, source_kind=info.source_kind, config=info.config,
+            split=info.split, text_columns=list(info.text_columns),
+            label_column=info.label_column, label_names=list(info.label_names),
+        )
+        session.add(dataset)
+        session.flush()
+    else:
+        same_source = (dataset.source, dataset.config, dataset.split) == (
+            info.source, info.config, info.split)
+        if not same_source:
+            raise DataError(
+                f"dataset name {info.name!r} is taken by {_describe(dataset)}; "
+                "pass --name to record this source under another name"
+            )
+        if list(dataset.label_names) != list(info.label_names):
+            raise DataError(
+                f"dataset {info.name!r} was scanned with labels {','.join(dataset.label_names)}, "
+                f"now {','.join(info.label_names)}; pass --labels {','.join(dataset.label_names)} "
+                "or --name to record it as a new dataset"
+            )
+    version = session.scalars(
+        select(DatasetVersion).where(
+            DatasetVersion.dataset_id == dataset.id,
+            DatasetVersion.fingerprint == info.fingerprint,
+        ).order_by(DatasetVersion.version.desc())
+    ).first()
+    if version is not None:
+        return version
+    latest = session.scalars(
+        select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
+        .order_by(DatasetVersion.version.desc())
+    ).first()
+    if latest is not None:
+        raise DataError(
+            f"the data of dataset {info.name!r} changed since version {latest.version} was "
+            f"recorded (fingerprint {latest.fingerprint[:12]} -> {info.fingerprint[:12]}); "
+            "pass --name to scan it as a new dataset"
+        )
+    version = DatasetVersion(
+        dataset_id=dataset.id, version=0, fingerprint=info.fingerprint,
+        row_count=info.row_count, location=info.source, corrections_applied=0,
+    )
+    session.add(version)
+    session.flush()
+    return version
+
+
+def _describe(dataset: Dataset) -> str:
+    parts = [dataset.source]
+    if dataset.config:
+        parts.append(f"config {dataset.config}")
+    if dataset.split:
+        parts.append(f"split {dataset.split}")
+    return ", ".join(parts)
+
+
+def get_audit(session: Session, audit_id: int | None, *, dataset: str | None = None) -> Audit:
+    """An audit by id, or the newest complete one (of ``dataset`` when given).
+
+    Raises:
+        NotFoundError: no such audit, or no complete audit yet.
+    """
+    if audit_id is not None:
+        audit = session.get(Audit, audit_id)
+        if audit is None:
+            raise NotFoundError(f"there is no audit {audit_id}; list them with `labelfix audits`")
+        return audit
+    query = select(Audit).where(Audit.status == "complete")
+    if dataset is not None:
+        query = query.join(DatasetVersion).join(Dataset).where(Dataset.name == dataset)
+    audit = session.scalars(query.order_by(Audit.id.desc())).first()
+    if audit is None:
+        where = f" of dataset {dataset!r}" if dataset else ""
+        raise NotFoundError(f"there is no complete audit{where} yet; run `labelfix scan` first")
+    return audit
+
+
+@dataclass(frozen=True)
+class AuditRow:
+    audit_id: int
+    dataset: str
+    version: int
+    model: str
+    total: int | None
+    candidates: int | None
+    status: str
+    created_at: datetime
+    accuracy: float | None
+    filter_by: str | None
+
+
+def list_audits(session: Session, *, dataset: str | None = None) -> list[AuditRow]:
+    """Every audit, oldest first."""
+    query = (
+        select(Audit, Dataset.name, DatasetVersion.version)
+        .join(DatasetVersion, Audit.dataset_version_id == DatasetVersion.id)
+        .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+        .order_by(Audit.id)
+    )
+    if dataset is not None:
+        query = query.where(Dataset.name == dataset)
+    return [
+        AuditRow(
+            audit_id=audit.id, dataset=name, version=version, model=audit.model,
+            total=audit.total, candidates=audit.candidates, status=audit.status,
+            created_at=audit.created_at, accuracy=audit.accuracy,
+            filter_by=(audit.parameters or {}).get("filter_by"),
+        )
+        for audit, name, version in session.execute(query)
+    ]
+
+
+def list_candidates(session: Session, *, audit_id: int, limit: int | None = None
+                    ) -> list[Candidate]:
+    """The candidates of an audit, best rank first."""
+    query = select(Candidate).where(Candidate.audit_id == audit_id).order_by(Candidate.rank)
+    if limit is not None:
+        query = query.limit(limit)
+    return list(session.scalars(query))
+
+
+def count_candidates(session: Session, *, audit_id: int) -> int:
+    return session.scalar(
+        select(func.count()).select_from(Candidate).where(Candidate.audit_id == audit_id)
+    ) or 0
+
+
+def label_names_of(session: Session, audit: Audit) -> list[str]:
+    version = session.get(DatasetVersion, audit.dataset_version_id)
+    if version is None:  # foreign keys make this impossible on a sound database
+        raise NotFoundError(f"audit {audit.id} has no dataset version")
+    return list(version.dataset.label_names)
