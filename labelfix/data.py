@@ -121,6 +121,8 @@ def load(spec: SourceSpec, *, name: str | None = None) -> DataView:
         raise DataError(f"{spec.source} has no rows; scan a dataset with at least two classes")
     text_columns, label_column = _pick_columns(spec, table, kind)
     texts = tuple(_text_array(table, column, spec.source) for column in text_columns)
+    if label_names is None:
+        label_names = _class_names(table, label_column)
     labels, names = _encode_labels(
         table.column(label_column), label_column, spec.labels, label_names, spec.source
     )
@@ -411,6 +413,11 @@ def _encode_labels(
         strings = array.cast(pa.string()) if not pa.types.is_dictionary(array.type) \
             else array.dictionary_decode().cast(pa.string())
         strings = pc.utf8_trim_whitespace(strings)
+        blank = pc.equal(strings, "").to_numpy(zero_copy_only=False)
+        if blank.any():
+            rows = np.flatnonzero(blank)
+            raise DataError(f"label column {name!r} is missing in {len(rows)} row(s): "
+                            f"{', '.join(map(str, rows[:5]))} (0-based); fill them in or drop them")
         present = sorted(pc.unique(strings).to_pylist())
         names = list(given_names) if given_names is not None else present
         unknown = sorted(set(present) - set(names))

@@ -199,6 +199,12 @@ def _finish(
     with Task(on_event, "Finding label issues (cleanlab)", total=None):
         detection = find_candidates(view.labels, matrix, filter_by=filter_by, rank_by=rank_by)
     timings["detect"] = time.perf_counter() - step
+    if plan.kind in {"file", "column"} and detection.accuracy < 1.0 / view.n_classes:
+        on_event(Event("warning", message=(
+            f"the probabilities agree with only {100 * detection.accuracy:.1f}% of the labels, "
+            f"less than chance: check that their columns follow the label order "
+            f"{','.join(view.label_names)} (set the order with --labels)"
+        )))
 
     step = time.perf_counter()
     rows = _candidate_rows(view, detection, audit_id=audit_id)

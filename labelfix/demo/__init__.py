@@ -1,1 +1,1 @@
-"""The AG News test split (7,600 rows) for `labelfix scan demo`; see scripts/make_demo.py."""
+"""The AG News test split (7,600 rows) for `labelfix scan demo`; rebuilt by `python -m labelfix.demo.build`."""

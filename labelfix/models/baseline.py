@@ -23,7 +23,7 @@ def source_key(*, folds: int, seed: int) -> str:
 
 
 def describe(*, folds: int) -> str:
-    return f"{BASELINE_NAME} ({folds}-fold cross-validation)"
+    return f"{BASELINE_NAME} ({folds}-fold)"
 
 
 def check_folds(labels: np.ndarray, label_names: Sequence[str], *, folds: int) -> None:

@@ -31,8 +31,13 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
     """
     raw = os.fspath(db) if db is not None else DEFAULT_DB
     if "://" in raw:
+        from sqlalchemy.exc import NoSuchModuleError
+
         try:
-            make_url(raw)
+            make_url(raw).get_dialect()
+        except NoSuchModuleError:
+            raise StoreError(f"--db {raw!r}: SQLAlchemy knows no database of that kind; pass a "
+                             "file path or a URL like sqlite:///labelfix.db") from None
         except ArgumentError as exc:
             raise StoreError(f"--db {raw!r} is not a valid database URL ({exc}); "
                              "pass a file path or a URL like sqlite:///labelfix.db") from None
@@ -90,8 +95,9 @@ def _sqlite_settings(engine: Engine) -> None:
 
 
 def _check_sqlite_path(url: str) -> None:
-    database = make_url(url).database
-    if not database or database == ":memory:":
+    parsed = make_url(url)
+    database = parsed.database
+    if not database or database == ":memory:" or parsed.query.get("uri") == "true":
         return
     path = Path(database)
     if not path.parent.is_dir():

@@ -1,6 +1,6 @@
 """Build labelfix/demo/ag_news_test.parquet from the AG News test split CSV.
 
-Usage: python scripts/make_demo.py PATH/TO/ag_news/test.csv
+Usage: python -m labelfix.demo.build PATH/TO/ag_news/test.csv
 
 The CSV has no header and three quoted fields: class index (1-4), title, description. The demo
 keeps the row order; text = title + " " + description, label = class index - 1
@@ -35,7 +35,7 @@ def main(csv_path: str) -> None:
     descriptions = table.column("description").to_pylist()
     texts = [f"{t} {d}" for t, d in zip(titles, descriptions, strict=True)]
     labels = [c - 1 for c in table.column("class").to_pylist()]
-    out = Path(__file__).resolve().parent.parent / "labelfix" / "demo" / "ag_news_test.parquet"
+    out = Path(__file__).resolve().parent / "ag_news_test.parquet"
     pq.write_table(
         pa.table({"text": pa.array(texts, pa.string()), "label": pa.array(labels, pa.int8())}),
         out,
