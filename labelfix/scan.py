@@ -8,7 +8,7 @@ nothing. The audit row is committed as ``running`` before the long work starts a
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from labelfix.models import baseline, precomputed
 from labelfix.store import Store
 from labelfix.store import probabilities as stored_probs
 from labelfix.store.models import Audit, Candidate, ProbabilitySet, utcnow
-from labelfix.store.queries import DatasetInfo, ensure_version
+from labelfix.store.queries import DatasetInfo, ensure_version, free_name
 
 
 @dataclass(frozen=True)
@@ -111,6 +111,14 @@ def run_scan(
         label_names=view.label_names, fingerprint=view.fingerprint, row_count=view.n_rows,
     )
     with store.session() as session:
+        if name is None:
+            chosen = free_name(session, info=info)
+            if chosen != info.name:
+                on_event(Event("info", message=(
+                    f"Dataset name {info.name!r} is taken by another source; recording this one "
+                    f"as {chosen!r} (choose with --name)"
+                )))
+                info = replace(info, name=chosen)
         version = ensure_version(session, info=info)
         existing = stored_probs.find(session, fingerprint=view.fingerprint,
                                      source_key=plan.source_key)
@@ -126,7 +134,8 @@ def run_scan(
         audit_id, version_number = audit.id, version.version
 
     try:
-        return _finish(store, view, plan, audit_id=audit_id, version=version_number,
+        return _finish(store, view, plan, dataset_name=info.name, audit_id=audit_id,
+                       version=version_number,
                        reuse=existing is not None, filter_by=filter_by, rank_by=rank_by,
                        top=top, timings=timings, started=started, on_event=on_event)
     except BaseException as exc:
@@ -167,7 +176,8 @@ def column_name(view: DataView) -> str:
 
 
 def _finish(
-    store: Store, view: DataView, plan: _ProbabilityPlan, *, audit_id: int, version: int,
+    store: Store, view: DataView, plan: _ProbabilityPlan, *, dataset_name: str, audit_id: int,
+    version: int,
     reuse: bool, filter_by: str, rank_by: str, top: int, timings: dict[str, float],
     started: float, on_event: EventCallback,
 ) -> ScanResult:
@@ -221,7 +231,7 @@ def _finish(
         audit.finished_at = utcnow()
     names = view.label_names
     return ScanResult(
-        audit_id=audit_id, dataset=view.name, version=version, total=view.n_rows,
+        audit_id=audit_id, dataset=dataset_name, version=version, total=view.n_rows,
         candidates=len(rows), model=plan.model, filter_by=filter_by, rank_by=rank_by,
         accuracy=detection.accuracy, probabilities_reused=reuse,
         top=[

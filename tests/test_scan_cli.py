@@ -287,3 +287,26 @@ def test_probabilities_in_another_column_order_are_warned_about(run, tmp_path: P
     fixed = run("scan", str(path), "--name", "fixed", "--labels", "World,Sports,SciTech,Business",
                 "--probs", str(tmp_path / "p.npy"))
     assert "label order" not in fixed.stderr
+
+
+def test_a_derived_name_taken_by_another_source_gets_a_free_one(run, tmp_path: Path, synthetic,
+                                                               probs_npy: Path) -> None:
+    first = synthetic.write(tmp_path / "reviews.csv")
+    (tmp_path / "other").mkdir()
+    second = synthetic.write(tmp_path / "other" / "reviews.csv")
+    assert run("scan", str(first), "--probs", str(probs_npy)).exit_code == 0
+    result = run("scan", str(second), "--probs", str(probs_npy), "--json")
+    assert result.exit_code == 0, result.stderr
+    assert result.json()["dataset"] == "reviews-2"
+    assert "recording this one as 'reviews-2'" in result.stderr
+    # An explicit --name is never changed behind the user's back.
+    taken = run("scan", str(second), "--name", "reviews", "--probs", str(probs_npy))
+    assert taken.exit_code == 2 and "is taken by" in taken.stderr
+
+
+def test_times_in_json_carry_their_utc_offset(run, csv_dataset: Path, probs_npy: Path) -> None:
+    from datetime import datetime, timedelta
+
+    assert run("scan", str(csv_dataset), "--probs", str(probs_npy)).exit_code == 0
+    created = datetime.fromisoformat(run("audits", "--json").json()[0]["created_at"])
+    assert created.utcoffset() == timedelta(0)

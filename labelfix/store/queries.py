@@ -33,6 +33,24 @@ def get_dataset(session: Session, *, name: str) -> Dataset | None:
     return session.scalars(select(Dataset).where(Dataset.name == name)).first()
 
 
+def free_name(session: Session, *, info: DatasetInfo) -> str:
+    """``info.name``, or the first ``name-2``, ``name-3``... not taken by another source.
+
+    Used when the name was derived from the source rather than given with --name.
+    """
+    candidate, number = info.name, 1
+    while True:
+        dataset = get_dataset(session, name=candidate)
+        if dataset is None or _same_source(dataset, info):
+            return candidate
+        number += 1
+        candidate = f"{info.name}-{number}"
+
+
+def _same_source(dataset: Dataset, info: DatasetInfo) -> bool:
+    return (dataset.source, dataset.config, dataset.split) == (info.source, info.config, info.split)
+
+
 def ensure_version(session: Session, *, info: DatasetInfo) -> DatasetVersion:
     """The dataset version holding exactly these rows, created as version 0 on a first scan.
 
@@ -49,9 +67,7 @@ def ensure_version(session: Session, *, info: DatasetInfo) -> DatasetVersion:
         session.add(dataset)
         session.flush()
     else:
-        same_source = (dataset.source, dataset.config, dataset.split) == (
-            info.source, info.config, info.split)
-        if not same_source:
+        if not _same_source(dataset, info):
             raise DataError(
                 f"dataset name {info.name!r} is taken by {_describe(dataset)}; "
                 "pass --name to record this source under another name"
