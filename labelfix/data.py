@@ -129,7 +129,8 @@ def load(spec: SourceSpec, *, name: str | None = None) -> DataView:
     extra: dict[str, Any] = {}
     if spec.probs_column is not None:
         if spec.probs_column not in table.column_names:
-            raise DataError(_missing_column(spec.probs_column, "--probs-column", table, spec.source))
+            raise DataError(
+                _missing_column(spec.probs_column, "--probs-column", table, spec.source))
         extra["probs_column"] = table.column(spec.probs_column)
         extra["probs_column_name"] = spec.probs_column
     return DataView(
@@ -161,7 +162,8 @@ def fingerprint(texts: Sequence[pa.Array], labels: np.ndarray, label_names: Sequ
     for array in texts:
         array = array.cast(pa.large_string())
         _validity, offsets_buf, data_buf = array.buffers()
-        offsets = np.frombuffer(offsets_buf, dtype="<i8")[array.offset : array.offset + len(array) + 1]
+        start = array.offset
+        offsets = np.frombuffer(offsets_buf, dtype="<i8")[start : start + len(array) + 1]
         digest.update(b"\x01column")
         digest.update((offsets - offsets[0]).tobytes())
         digest.update(memoryview(data_buf)[offsets[0] : offsets[-1]])
@@ -326,7 +328,8 @@ def _pick_columns(spec: SourceSpec, table: pa.Table, kind: str) -> tuple[list[st
         text_columns = [guess]
     if spec.label_column is not None:
         if spec.label_column not in columns:
-            raise DataError(_missing_column(spec.label_column, "--label-column", table, spec.source))
+            raise DataError(
+                _missing_column(spec.label_column, "--label-column", table, spec.source))
         label_column = spec.label_column
     else:
         guess = next((c for c in LABEL_COLUMN_GUESSES if c in columns), None)

@@ -275,7 +275,10 @@ def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int) -> l
 
 
 def _mark_failed(store: Store, audit_id: int, exc: BaseException) -> None:
-    reason = "interrupted" if isinstance(exc, KeyboardInterrupt) else (str(exc) or type(exc).__name__)
+    if isinstance(exc, KeyboardInterrupt):
+        reason = "interrupted"
+    else:
+        reason = str(exc) or type(exc).__name__
     try:
         with store.session() as session:
             audit = session.get(Audit, audit_id)

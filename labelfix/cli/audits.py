@@ -38,5 +38,6 @@ def audits(
         for r in rows
     ]
     console = stdout_console()
-    console.print(fixed_table(headers, cells, width=console.width,
-                              right_aligned={"Audit", "Ver", "Rows", "Flagged", "Acc"}, wrap_last=True))
+    numeric = {"Audit", "Ver", "Rows", "Flagged", "Acc"}
+    console.print(fixed_table(headers, cells, width=console.width, right_aligned=numeric,
+                              wrap_last=True))

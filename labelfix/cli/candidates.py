@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from labelfix.cli._common import candidate_table, errors_to_exit, get_store, print_json, stdout_console
+from labelfix.cli._common import (
+    candidate_table,
+    errors_to_exit,
+    get_store,
+    print_json,
+    stdout_console,
+)
 
 
 def candidates(
@@ -42,4 +48,5 @@ def candidates(
         typer.echo(f"Audit {audit_id} has no candidates.")
         return
     console = stdout_console()
-    console.print(candidate_table(rows, width=console.width, title=f"Audit {audit_id}: {len(rows)} candidates"))
+    title = f"Audit {audit_id}: {len(rows)} candidates"
+    console.print(candidate_table(rows, width=console.width, title=title))

@@ -15,8 +15,8 @@ from labelfix.cli._common import (
     stdout_console,
 )
 
-FILTER_HELP = ("cleanlab's filter_by: prune_by_noise_rate, prune_by_class, both, confident_learning, "
-               "predicted_neq_given, low_normalized_margin, low_self_confidence.")
+FILTER_HELP = ("cleanlab's filter_by: prune_by_noise_rate, prune_by_class, both, "
+               "confident_learning, predicted_neq_given, low_normalized_margin, low_self_confidence.")
 RANK_HELP = "cleanlab's ranking: self_confidence, normalized_margin, confidence_weighted_entropy."
 
 
@@ -92,7 +92,8 @@ def scan(
     if result.top:
         rows = [vars(c) for c in result.top]
         console = stdout_console()
-        console.print(candidate_table(rows, width=console.width, title=f"Top {len(rows)} candidates"))
+        title = f"Top {len(rows)} candidates"
+        console.print(candidate_table(rows, width=console.width, title=title))
         if result.candidates > len(rows):
             typer.echo(f"All {result.candidates}: labelfix candidates {result.audit_id}")
 

@@ -1,1 +1,4 @@
-"""The AG News test split (7,600 rows) for `labelfix scan demo`; rebuilt by `python -m labelfix.demo.build`."""
+"""The AG News test split (7,600 rows) for `labelfix scan demo`.
+
+Rebuilt by `python -m labelfix.demo.build PATH/TO/test.csv`.
+"""

@@ -44,7 +44,8 @@ def read_probs_file(path: str | Path) -> np.ndarray:
             matrix = matrix_from_table(pq.read_table(path), str(path))
         else:
             raise ProbabilitiesError(
-                f"--probs {path}: unknown file type {suffix or '(none)'}; use .npy, .csv or .parquet"
+                f"--probs {path}: unknown file type {suffix or '(none)'}; "
+                "use .npy, .csv or .parquet"
             )
     except (ValueError, OSError) as exc:
         raise ProbabilitiesError(f"cannot read --probs {path}: {_first_line(exc)}") from None
