@@ -16,7 +16,8 @@ from labelfix.cli._common import (
 )
 
 FILTER_HELP = ("cleanlab's filter_by: prune_by_noise_rate, prune_by_class, both, "
-               "confident_learning, predicted_neq_given, low_normalized_margin, low_self_confidence.")
+               "confident_learning, predicted_neq_given, low_normalized_margin, "
+               "low_self_confidence.")
 RANK_HELP = "cleanlab's ranking: self_confidence, normalized_margin, confidence_weighted_entropy."
 
 
