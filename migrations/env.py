@@ -12,7 +12,7 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine, pool
 
-from labelfix.store.models import Base
+from labelfix.store.models import Base, UTCDateTime
 
 config = context.config
 target_metadata = Base.metadata
@@ -21,10 +21,18 @@ if config.config_file_name is not None and config.attributes.get("connection") i
     fileConfig(config.config_file_name, disable_existing_loggers=False)
 
 
+def _render_item(type_: str, obj: object, autogen_context: object) -> str | bool:
+    # Migrations must not import labelfix: render its column types as their SQLAlchemy base.
+    if type_ == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _configure(connection: object) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
+        render_item=_render_item,
         # SQLite cannot ALTER most things; batch mode copies the table instead.
         render_as_batch=True,
         compare_type=True,

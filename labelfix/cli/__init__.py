@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from labelfix.cli import audits, candidates, db, scan
+from labelfix.cli import audits, candidates, db, history, scan, sync
 from labelfix.cli._common import AppState
 
 app = typer.Typer(
@@ -15,6 +15,8 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
     add_completion=False,
+    # Help texts say "[default: ...]"; rich markup would swallow that as a tag.
+    rich_markup_mode=None,
 )
 
 
@@ -44,6 +46,8 @@ def main_callback(
 app.command("scan")(scan.scan)
 app.command("candidates")(candidates.candidates)
 app.command("audits")(audits.audits)
+app.command("sync")(sync.sync)
+app.command("history")(history.history)
 app.add_typer(db.app, name="db")
 
 

@@ -22,20 +22,23 @@ def candidates(
 ) -> None:
     """List an audit's candidates, most likely label error first."""
     from labelfix.store.queries import get_audit, label_names_of, list_candidates
+    from labelfix.sync import review_states
 
     with errors_to_exit(), get_store(ctx).session() as session:
         found = get_audit(session, audit)
         names = label_names_of(session, found)
+        listed = list_candidates(session, audit_id=found.id, limit=limit)
+        states = review_states(session, dataset_id=found.dataset_version.dataset_id,
+                               rows=[c.row for c in listed])
         rows = [
             {
                 "row": c.row, "text": c.text if c.text_pair is None else [c.text, c.text_pair],
                 "given_label": names[c.given_label],
                 "suggested_label": names[c.suggested_label],
                 "label_quality": round(c.label_quality, 6), "rank": c.rank,
-                # Review backends come with sync; until a candidate is pushed it awaits review.
-                "review_state": "pending",
+                "review_state": states.get(c.row, "pending"),
             }
-            for c in list_candidates(session, audit_id=found.id, limit=limit)
+            for c in listed
         ]
         status = found.status
         audit_id = found.id

@@ -54,6 +54,12 @@ def scan(
         "probabilities are given."),
     filter_by: str = typer.Option("prune_by_noise_rate", "--filter-by", help=FILTER_HELP),
     rank_by: str = typer.Option("self_confidence", "--rank-by", help=RANK_HELP),
+    push: str | None = typer.Option(
+        None, "--push", metavar="BACKEND",
+        help="Push the candidates for review right after the scan (as labelfix sync --push-only)."),
+    remote_name: str | None = typer.Option(
+        None, "--remote-name", help="With --push: the dataset on the server "
+        "[default: <dataset>_label_errors]."),
     top: int = typer.Option(20, "--top", min=0, help="How many top candidates to show."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON on stdout."),
 ) -> None:
@@ -63,6 +69,7 @@ def scan(
     probabilities and every candidate are kept in the database for review, sync and export.
     """
     from labelfix.data import SourceSpec
+    from labelfix.events import Event
     from labelfix.scan import run_scan
 
     with errors_to_exit():
@@ -73,10 +80,29 @@ def scan(
         )
         store = get_store(ctx)
         with ProgressReporter() as reporter:
-            result = run_scan(
-                store, spec, name=name, probs_file=probs, folds=folds, filter_by=filter_by,
-                rank_by=rank_by, top=top, on_event=reporter,
-            )
+            backend = None
+            if push is not None:
+                from labelfix.backends.registry import open_backend
+
+                # Opened first: a missing server fails before minutes of scanning, not after.
+                backend = open_backend(push, on_event=reporter)
+            try:
+                result = run_scan(
+                    store, spec, name=name, probs_file=probs, folds=folds,
+                    filter_by=filter_by, rank_by=rank_by, top=top, on_event=reporter,
+                )
+                if backend is not None:
+                    from labelfix.sync import run_sync
+
+                    pushed = run_sync(store, backend, dataset=result.dataset,
+                                      remote_name=remote_name, pull=False, on_event=reporter)
+                    reporter(Event("info", message=(
+                        f"Pushed {pushed.pushed} candidate(s) to {backend.name} "
+                        f"({pushed.remote_name})"
+                    )))
+            finally:
+                if backend is not None:
+                    backend.close()
     if as_json:
         print_json({
             "audit_id": result.audit_id, "dataset": result.dataset, "total": result.total,

@@ -191,3 +191,92 @@ class Candidate(Base):
     suggested_label: Mapped[int] = mapped_column(Integer)
     label_quality: Mapped[float] = mapped_column(Float)
     rank: Mapped[int] = mapped_column(Integer)
+
+
+class ReviewState(Base):
+    """Where a candidate row stands with one review backend's remote dataset.
+
+    One row per remote record: a later audit that flags the same row reuses the record, so
+    that pushing twice updates rather than duplicates and never clobbers a person's verdict.
+    """
+
+    __tablename__ = "review_states"
+    __table_args__ = (
+        UniqueConstraint("backend", "remote_dataset", "remote_id"),
+        Index("ix_review_states_dataset_id_row", "dataset_id", "row"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    row: Mapped[int] = mapped_column(Integer)
+    candidate_id: Mapped[int] = mapped_column(ForeignKey("candidates.id"), index=True)
+    backend: Mapped[str] = mapped_column(String(40))
+    remote_dataset: Mapped[str] = mapped_column(String(200))
+    remote_id: Mapped[str] = mapped_column(String(200))
+    # pending: not yet on the server; pushed: waiting for people; reviewed: a verdict came
+    # back; failed: the last push failed (see last_error), retried by the next sync.
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    pushed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class SyncCursor(Base):
+    """How far verdicts were pulled from one remote dataset (in the server's own clock)."""
+
+    __tablename__ = "sync_cursors"
+    __table_args__ = (UniqueConstraint("backend", "remote_dataset"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backend: Mapped[str] = mapped_column(String(40))
+    remote_dataset: Mapped[str] = mapped_column(String(200))
+    cursor: Mapped[str | None] = mapped_column(String(100))
+    pulled_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class Annotation(Base):
+    """A person's verdict on a row, as pulled from a backend (or typed in `labelfix review`).
+
+    ``verdict_key`` identifies the verdict on its server (record, state and time), so that
+    pulling the same verdict twice stores it once and a changed verdict is stored anew.
+    """
+
+    __tablename__ = "annotations"
+    __table_args__ = (
+        UniqueConstraint("backend", "remote_dataset", "verdict_key"),
+        Index("ix_annotations_dataset_id_row", "dataset_id", "row"),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    row: Mapped[int] = mapped_column(Integer)
+    candidate_id: Mapped[int | None] = mapped_column(ForeignKey("candidates.id"))
+    backend: Mapped[str] = mapped_column(String(40))
+    remote_dataset: Mapped[str] = mapped_column(String(200))
+    remote_id: Mapped[str | None] = mapped_column(String(200))
+    verdict_key: Mapped[str] = mapped_column(String(400))
+    decision: Mapped[str] = mapped_column(String(20))  # relabel | confirm | discard
+    label: Mapped[int | None] = mapped_column(Integer)
+    annotator: Mapped[str] = mapped_column(String(200))
+    annotated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    pulled_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Correction(Base):
+    """A change of a row's label. Never deleted: a later verdict adds a correction on top."""
+
+    __tablename__ = "corrections"
+    __table_args__ = (Index("ix_corrections_dataset_id_row", "dataset_id", "row"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"))
+    row: Mapped[int] = mapped_column(Integer)
+    text_hash: Mapped[str] = mapped_column(String(64))
+    old_label: Mapped[int] = mapped_column(Integer)
+    new_label: Mapped[int] = mapped_column(Integer)
+    annotation_id: Mapped[int] = mapped_column(ForeignKey("annotations.id"), unique=True)
+    audit_id: Mapped[int | None] = mapped_column(ForeignKey("audits.id"))
+    # The dataset version that first contains this correction; None until it is exported.
+    version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

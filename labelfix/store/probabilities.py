@@ -95,3 +95,25 @@ def load(session: Session, prob_set: ProbabilitySet) -> np.ndarray:
             "the database is damaged, scan again with another --db", exit_code=1,
         )
     return out
+
+
+def load_rows(session: Session, prob_set: ProbabilitySet, rows: list[int]) -> np.ndarray:
+    """Only the given rows of a stored matrix, as (len(rows), K) float32, reading only the
+    chunks that hold them."""
+    wanted = np.asarray(rows, dtype=np.int64)
+    out = np.empty((len(wanted), prob_set.n_classes), dtype=np.float32)
+    if len(wanted) == 0:
+        return out
+    chunks = session.execute(
+        select(ProbabilityChunk.row_start, ProbabilityChunk.n_rows).where(
+            ProbabilityChunk.set_id == prob_set.id).order_by(ProbabilityChunk.chunk_index)
+    ).all()
+    for row_start, n_rows in chunks:
+        inside = (wanted >= row_start) & (wanted < row_start + n_rows)
+        if not inside.any():
+            continue
+        data = session.scalar(select(ProbabilityChunk.data).where(
+            ProbabilityChunk.set_id == prob_set.id, ProbabilityChunk.row_start == row_start))
+        block = np.frombuffer(data, dtype=prob_set.dtype).reshape(n_rows, prob_set.n_classes)
+        out[inside] = block[wanted[inside] - row_start]
+    return out

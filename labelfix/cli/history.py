@@ -1,0 +1,43 @@
+"""labelfix history: who changed which label, when, and why."""
+
+from __future__ import annotations
+
+import typer
+
+from labelfix.cli._common import errors_to_exit, fixed_table, get_store, print_json, stdout_console
+
+
+def history(
+    ctx: typer.Context,
+    dataset: str | None = typer.Argument(
+        None, metavar="[DATASET]", help="Only this dataset's corrections [default: all]."),
+    row: int | None = typer.Option(None, "--row", min=0, help="Only this row (0-based)."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON list on stdout."),
+) -> None:
+    """List label corrections, newest first, with the annotator, backend and audit."""
+    from labelfix.sync import history as load_history
+
+    with errors_to_exit(), get_store(ctx).session() as session:
+        entries = load_history(session, dataset=dataset, row=row)
+    if as_json:
+        print_json([
+            {"row": e.row, "old_label": e.old_label, "new_label": e.new_label,
+             "annotator": e.annotator, "backend": e.backend, "audit_id": e.audit_id,
+             "reviewed_at": e.reviewed_at, "version": e.version}
+            for e in entries
+        ])
+        return
+    if not entries:
+        typer.echo("No corrections yet.")
+        return
+    headers = ("Row", "Old -> new", "Annotator", "Backend", "Audit", "Reviewed at", "Version")
+    cells = [
+        [str(e.row), f"{e.old_label} -> {e.new_label}", e.annotator, e.backend,
+         "" if e.audit_id is None else str(e.audit_id),
+         e.reviewed_at.strftime("%Y-%m-%d %H:%M"),  # type: ignore[attr-defined]
+         "unreleased" if e.version is None else str(e.version)]
+        for e in entries
+    ]
+    console = stdout_console()
+    console.print(fixed_table(headers, cells, width=console.width, right_aligned={"Row", "Audit"},
+                              wrap_last=True))
