@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import numpy as np
 from sqlalchemy import select
@@ -278,12 +279,6 @@ def _record_verdict(
     session: Session, verdict: Verdict, state: ReviewState, *, backend: str, remote_name: str,
     label_names: Sequence[str], result: SyncResult, on_event: EventCallback,
 ) -> str | None:
-    exists = session.scalar(select(Annotation.id).where(
-        Annotation.backend == backend, Annotation.remote_dataset == remote_name,
-        Annotation.verdict_key == verdict.verdict_key,
-    ))
-    if exists is not None:
-        return None
     candidate = session.get_one(Candidate, state.candidate_id)
     if verdict.discarded:
         decision, label = "discard", None
@@ -297,12 +292,13 @@ def _record_verdict(
     else:
         label = list(label_names).index(verdict.label)
         decision = "confirm" if label == candidate.given_label else "relabel"
-    session.add(Annotation(
-        dataset_id=state.dataset_id, row=state.row, candidate_id=candidate.id, backend=backend,
+    added = add_annotation(
+        session, candidate, dataset_id=state.dataset_id, decision=decision, label=label,
+        annotator=verdict.annotator, annotated_at=verdict.annotated_at, backend=backend,
         remote_dataset=remote_name, remote_id=verdict.remote_id, verdict_key=verdict.verdict_key,
-        decision=decision, label=label, annotator=verdict.annotator,
-        annotated_at=verdict.annotated_at, pulled_at=utcnow(),
-    ))
+    )
+    if added is None:
+        return None
     state.status = "reviewed"
     state.updated_at = utcnow()
     result.pulled += 1
@@ -311,6 +307,39 @@ def _record_verdict(
     elif decision == "discard":
         result.discarded += 1
     return decision
+
+
+def add_annotation(
+    session: Session, candidate: Candidate, *, dataset_id: int, decision: str,
+    label: int | None, annotator: str, annotated_at: datetime, backend: str,
+    remote_dataset: str, verdict_key: str, remote_id: str | None = None,
+) -> Annotation | None:
+    """Record one verdict, the single way into annotations for every backend.
+
+    ``decision`` is relabel, confirm or discard; ``label`` the chosen label index (the given
+    label for confirm, None for discard). Call :func:`apply_verdicts` for the row afterwards.
+
+    Returns:
+        The new annotation, or None when this verdict (same backend, remote dataset and
+        verdict key) was recorded before.
+    """
+    exists = session.scalar(select(Annotation.id).where(
+        Annotation.backend == backend, Annotation.remote_dataset == remote_dataset,
+        Annotation.verdict_key == verdict_key,
+    ))
+    if exists is not None:
+        return None
+    if decision == "confirm":
+        label = candidate.given_label
+    annotation = Annotation(
+        dataset_id=dataset_id, row=candidate.row, candidate_id=candidate.id, backend=backend,
+        remote_dataset=remote_dataset, remote_id=remote_id, verdict_key=verdict_key,
+        decision=decision, label=label, annotator=annotator, annotated_at=annotated_at,
+        pulled_at=utcnow(),
+    )
+    session.add(annotation)
+    session.flush()
+    return annotation
 
 
 def apply_verdicts(session: Session, *, dataset_id: int, row: int) -> int:
@@ -322,28 +351,42 @@ def apply_verdicts(session: Session, *, dataset_id: int, row: int) -> int:
     Returns:
         The number of corrections added (0 or 1).
     """
-    winner = session.scalars(
-        select(Annotation)
-        .where(Annotation.dataset_id == dataset_id, Annotation.row == row,
-               Annotation.decision.in_(("relabel", "confirm")))
-        .order_by(Annotation.annotated_at.desc(), Annotation.id.desc())
-    ).first()
-    if winner is None or winner.label is None:
-        return 0
+    everything = list(session.scalars(
+        select(Annotation).where(Annotation.dataset_id == dataset_id, Annotation.row == row)
+    ))
+    undone = {a.retracts_id: a for a in everything if a.decision == "undo"}
+    live = sorted(
+        (a for a in everything
+         if a.decision in ("relabel", "confirm") and a.id not in undone),
+        key=lambda a: (a.annotated_at, a.id), reverse=True,
+    )
     latest = session.scalars(
         select(Correction).where(Correction.dataset_id == dataset_id, Correction.row == row)
         .order_by(Correction.id.desc())
     ).first()
-    candidate = session.get_one(Candidate, winner.candidate_id)
+    if live:
+        cause = live[0]
+        candidate = session.get_one(Candidate, cause.candidate_id)
+        target = cause.label
+    elif latest is not None:
+        # Every verdict was taken back: the row returns to the label it was given, and the
+        # undo that took back the last correcting verdict is the cause on record.
+        undone_by = undone.get(latest.annotation_id)
+        if undone_by is None:
+            return 0
+        cause = undone_by
+        candidate = session.get_one(Candidate, cause.candidate_id)
+        target = candidate.given_label
+    else:
+        return 0
     current = latest.new_label if latest is not None else candidate.given_label
-    if winner.label == current:
+    if target is None or target == current:
         return 0
-    already = session.scalar(select(Correction.id).where(Correction.annotation_id == winner.id))
-    if already is not None:
-        return 0
+    if session.scalar(select(Correction.id).where(Correction.annotation_id == cause.id)):
+        return 0  # this verdict already drove its correction
     session.add(Correction(
         dataset_id=dataset_id, row=row, text_hash=candidate.text_hash, old_label=current,
-        new_label=winner.label, annotation_id=winner.id, audit_id=candidate.audit_id,
+        new_label=target, annotation_id=cause.id, audit_id=candidate.audit_id,
     ))
     return 1
 

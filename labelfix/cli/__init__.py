@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from labelfix.cli import audits, candidates, db, history, scan, sync
+from labelfix.cli import audits, candidates, db, history, review, scan, sync
 from labelfix.cli._common import AppState
 
 app = typer.Typer(
@@ -47,9 +47,16 @@ app.command("scan")(scan.scan)
 app.command("candidates")(candidates.candidates)
 app.command("audits")(audits.audits)
 app.command("sync")(sync.sync)
+app.command("review")(review.review)
 app.command("history")(history.history)
 app.add_typer(db.app, name="db")
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except BrokenPipeError:
+        from labelfix.cli._common import _quiet_broken_pipe
+
+        _quiet_broken_pipe()
+        raise SystemExit(141) from None

@@ -48,6 +48,9 @@ def errors_to_exit() -> Iterator[None]:
         raise fail(str(exc), exc.exit_code) from None
     except KeyboardInterrupt:
         raise fail("interrupted", 130) from None
+    except BrokenPipeError:
+        _quiet_broken_pipe()
+        raise typer.Exit(141) from None
     except (typer.Exit, typer.Abort, SystemExit):
         raise
     except Exception as exc:
@@ -55,6 +58,21 @@ def errors_to_exit() -> Iterator[None]:
             traceback.print_exc()
         raise fail(f"unexpected {type(exc).__name__}: {exc} (a bug in labelfix; rerun with "
                    "LABELFIX_DEBUG=1 for the traceback and report it)", 1) from None
+
+
+def _quiet_broken_pipe() -> None:
+    """The reader of our output went away (``labelfix ... | head``): stop without a word.
+
+    Python would report the broken pipe again when it flushes stdout at exit; pointing
+    stdout at /dev/null prevents that (the recipe in Python's signal documentation).
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is not a real file (tests)
+        pass
+    finally:
+        os.close(devnull)
 
 
 def print_json(data: Any) -> None:
@@ -148,7 +166,7 @@ def fixed_table(
 
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     # Each column after the first costs 3 characters of separator (" │ ").
-    room = max(6 if wrap_last else 10, width - sum(widths[:-1]) - 3 * (len(headers) - 1))
+    room = max(6 if wrap_last else 10, width - sum(widths[:-1]) - 3 * (len(headers) - 1) - 1)
     widths[-1] = min(widths[-1], room)
     table = Table(title=title, show_edge=False, pad_edge=False, expand=False)
     for index, (header, column_width) in enumerate(zip(headers, widths, strict=True)):

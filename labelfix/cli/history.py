@@ -30,14 +30,15 @@ def history(
     if not entries:
         typer.echo("No corrections yet.")
         return
-    headers = ("Row", "Old -> new", "Annotator", "Backend", "Audit", "Reviewed at", "Version")
+    headers = ("Row", "Old -> new", "Backend", "Audit", "Version", "Reviewed", "Annotator")
     cells = [
-        [str(e.row), f"{e.old_label} -> {e.new_label}", e.annotator, e.backend,
+        [str(e.row), f"{e.old_label} -> {e.new_label}", e.backend,
          "" if e.audit_id is None else str(e.audit_id),
-         e.reviewed_at.strftime("%Y-%m-%d %H:%M"),  # type: ignore[attr-defined]
-         "unreleased" if e.version is None else str(e.version)]
+         "-" if e.version is None else str(e.version),
+         e.reviewed_at.strftime("%Y-%m-%d"),  # type: ignore[attr-defined]
+         e.annotator]
         for e in entries
     ]
     console = stdout_console()
-    console.print(fixed_table(headers, cells, width=console.width, right_aligned={"Row", "Audit"},
-                              wrap_last=True))
+    console.print(fixed_table(headers, cells, width=console.width,
+                              right_aligned={"Row", "Audit", "Version"}, wrap_last=True))

@@ -256,11 +256,14 @@ class Annotation(Base):
     remote_dataset: Mapped[str] = mapped_column(String(200))
     remote_id: Mapped[str | None] = mapped_column(String(200))
     verdict_key: Mapped[str] = mapped_column(String(400))
-    decision: Mapped[str] = mapped_column(String(20))  # relabel | confirm | discard
+    decision: Mapped[str] = mapped_column(String(20))  # relabel | confirm | discard | undo
     label: Mapped[int | None] = mapped_column(Integer)
     annotator: Mapped[str] = mapped_column(String(200))
     annotated_at: Mapped[datetime] = mapped_column(UTCDateTime())
     pulled_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    # For decision "undo": the verdict this one takes back (undo in `labelfix review`). Both
+    # rows stay; a correction restores the label the undone verdict had set.
+    retracts_id: Mapped[int | None] = mapped_column(ForeignKey("annotations.id"))
 
 
 class Correction(Base):

@@ -2,7 +2,7 @@
 
 Revision ID: 0002
 Revises: 0001
-Create Date: 2026-11-27 21:29:18.909377
+Create Date: 2026-11-27 21:32:14.627679
 """
 
 from collections.abc import Sequence
@@ -18,7 +18,6 @@ depends_on: str | Sequence[str] | None = None
 
 
 def upgrade() -> None:
-
     op.create_table('sync_cursors',
     sa.Column('id', sa.Integer(), nullable=False),
     sa.Column('backend', sa.String(length=40), nullable=False),
@@ -42,8 +41,10 @@ def upgrade() -> None:
     sa.Column('annotator', sa.String(length=200), nullable=False),
     sa.Column('annotated_at', sa.DateTime(timezone=True), nullable=False),
     sa.Column('pulled_at', sa.DateTime(timezone=True), nullable=False),
+    sa.Column('retracts_id', sa.Integer(), nullable=True),
     sa.ForeignKeyConstraint(['candidate_id'], ['candidates.id'], name=op.f('fk_annotations_candidate_id_candidates')),
     sa.ForeignKeyConstraint(['dataset_id'], ['datasets.id'], name=op.f('fk_annotations_dataset_id_datasets')),
+    sa.ForeignKeyConstraint(['retracts_id'], ['annotations.id'], name=op.f('fk_annotations_retracts_id_annotations')),
     sa.PrimaryKeyConstraint('id', name=op.f('pk_annotations')),
     sa.UniqueConstraint('backend', 'remote_dataset', 'verdict_key', name=op.f('uq_annotations_backend_remote_dataset_verdict_key'))
     )
@@ -95,9 +96,7 @@ def upgrade() -> None:
 
 
 
-
 def downgrade() -> None:
-
     with op.batch_alter_table('corrections', schema=None) as batch_op:
         batch_op.drop_index('ix_corrections_dataset_id_row')
 
@@ -112,4 +111,3 @@ def downgrade() -> None:
 
     op.drop_table('annotations')
     op.drop_table('sync_cursors')
-
