@@ -1,0 +1,1 @@
+"""Test doubles of the review servers that labelfix talks to."""
