@@ -108,14 +108,19 @@ def default_name(spec: SourceSpec) -> str:
     return f"{name}_{spec.config}" if spec.config else name
 
 
-def load(spec: SourceSpec, *, name: str | None = None) -> DataView:
+def load(spec: SourceSpec, *, name: str | None = None, keep_table: bool = False) -> DataView:
     """Load and validate the rows of a source.
+
+    With ``keep_table`` the whole source table (every column) is kept in
+    ``extra["table"]``, for writing a new version of it.
 
     Raises:
         DataError: the source does not exist, lacks a named column, or holds data that cannot
             be scanned (no rows, one class, empty texts, labels outside the label names).
         WorkError: a Hugging Face dataset could not be downloaded.
     """
+    import pyarrow as pa
+
     table, kind, label_names = _read(spec)
     if table.num_rows == 0:
         raise DataError(f"{spec.source} has no rows; scan a dataset with at least two classes")
@@ -127,6 +132,13 @@ def load(spec: SourceSpec, *, name: str | None = None) -> DataView:
         table.column(label_column), label_column, spec.labels, label_names, spec.source
     )
     extra: dict[str, Any] = {}
+    label_type = table.column(label_column).type
+    if spec.labels is None and label_names is None and (
+            pa.types.is_integer(label_type) or pa.types.is_floating(label_type)):
+        # Classes are the sorted label values: remember them to write labels back as values.
+        extra["integer_values"] = np.array([int(n) for n in names], dtype=np.int64)
+    if keep_table:
+        extra["table"] = table
     if spec.probs_column is not None:
         if spec.probs_column not in table.column_names:
             raise DataError(
@@ -234,9 +246,18 @@ def _is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
+def quiet_datasets() -> None:
+    """Stop the datasets library drawing its own progress bars: labelfix reports progress
+    through events, and the core never prints."""
+    from datasets.utils.logging import disable_progress_bar
+
+    disable_progress_bar()
+
+
 def _read_saved(path: Path, spec: SourceSpec) -> tuple[pa.Table, str, list[str] | None]:
     from datasets import DatasetDict, load_from_disk
 
+    quiet_datasets()
     try:
         loaded = load_from_disk(str(path))
     except (FileNotFoundError, ValueError, OSError) as exc:
@@ -262,6 +283,7 @@ def _choose_split(dataset_dict: Any, split: str | None, source: str) -> Any:
 def _read_hub(source: str, spec: SourceSpec) -> tuple[pa.Table, str, list[str] | None]:
     from datasets import DatasetDict, load_dataset
 
+    quiet_datasets()
     try:
         loaded = load_dataset(source, spec.config)
     except FileNotFoundError as exc:
@@ -298,7 +320,24 @@ def _from_hf(dataset: Any) -> pa.Table:
         for column, feature in dataset.features.items()
         if isinstance(feature, ClassLabel)
     }
-    return table.replace_schema_metadata({b"labelfix.class_names": json.dumps(names).encode()})
+    version = dataset.info.version
+    return table.replace_schema_metadata({
+        b"labelfix.class_names": json.dumps(names).encode(),
+        # Kept so that an exported version carries the source's features and version on.
+        b"labelfix.features": json.dumps(dataset.features.to_dict()).encode(),
+        b"labelfix.info_version": str(version or "").encode(),
+    })
+
+
+def hf_features(table: pa.Table) -> dict[str, Any] | None:
+    """The Hugging Face features a table was loaded with, as ``Features.to_dict()``, if any."""
+    raw = (table.schema.metadata or {}).get(b"labelfix.features")
+    return json.loads(raw) if raw else None
+
+
+def hf_version(table: pa.Table) -> str | None:
+    raw = (table.schema.metadata or {}).get(b"labelfix.info_version")
+    return raw.decode() if raw else None
 
 
 def _class_names(table: pa.Table, column: str) -> list[str] | None:

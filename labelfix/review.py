@@ -29,7 +29,7 @@ from labelfix.store.models import (
     utcnow,
 )
 from labelfix.store.queries import get_audit
-from labelfix.sync import add_annotation, apply_verdicts
+from labelfix.sync import add_annotation, apply_verdicts, standing_verdicts
 
 LOCAL = "local"
 SHEET = "sheet"
@@ -66,20 +66,6 @@ class ReviewQueue:
     items: list[ReviewItem]
 
 
-def _reviewed_rows(session: Session, *, dataset_id: int) -> dict[int, Annotation]:
-    """The newest standing verdict (not undone) of each row of the dataset."""
-    annotations = list(session.scalars(
-        select(Annotation).where(Annotation.dataset_id == dataset_id)
-        .order_by(Annotation.annotated_at, Annotation.id)
-    ))
-    undone = {a.retracts_id for a in annotations if a.decision == "undo"}
-    standing: dict[int, Annotation] = {}
-    for annotation in annotations:
-        if annotation.decision != "undo" and annotation.id not in undone:
-            standing[annotation.row] = annotation
-    return standing
-
-
 def load_queue(store: Store, audit_id: int | None = None, *, limit: int | None = None
                ) -> ReviewQueue:
     """The audit's candidates that no verdict stands on yet, best rank first.
@@ -92,7 +78,7 @@ def load_queue(store: Store, audit_id: int | None = None, *, limit: int | None =
         if audit.status != "complete":
             raise UsageError(f"audit {audit.id} is {audit.status}; review a complete audit")
         dataset = audit.dataset_version.dataset
-        standing = _reviewed_rows(session, dataset_id=dataset.id)
+        standing = standing_verdicts(session, dataset_id=dataset.id)
         candidates = list(session.scalars(
             select(Candidate).where(Candidate.audit_id == audit.id).order_by(Candidate.rank)
         ))

@@ -29,7 +29,13 @@ from labelfix.models import baseline, precomputed
 from labelfix.store import Store
 from labelfix.store import probabilities as stored_probs
 from labelfix.store.models import Audit, Candidate, ProbabilitySet, utcnow
-from labelfix.store.queries import DatasetInfo, ensure_version, free_name
+from labelfix.store.queries import (
+    DatasetInfo,
+    ensure_version,
+    free_name,
+    version_with_fingerprint,
+)
+from labelfix.sync import standing_verdicts
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class ScanResult:
     rank_by: str
     accuracy: float
     probabilities_reused: bool
+    skipped_reviewed: int = 0
     top: list[CandidateView] = field(default_factory=list)
 
 
@@ -109,9 +116,14 @@ def run_scan(
         name=view.name, source=view.source, source_kind=view.source_kind, config=view.config,
         split=view.split, text_columns=view.text_columns, label_column=view.label_column,
         label_names=view.label_names, fingerprint=view.fingerprint, row_count=view.n_rows,
+        labels_option=spec.labels,
     )
     with store.session() as session:
-        if name is None:
+        recorded = version_with_fingerprint(session, fingerprint=view.fingerprint,
+                                            label_names=view.label_names)
+        if name is None and recorded is not None:
+            info = replace(info, name=recorded.dataset.name)
+        elif name is None:
             chosen = free_name(session, info=info)
             if chosen != info.name:
                 on_event(Event("info", message=(
@@ -132,10 +144,12 @@ def run_scan(
         session.add(audit)
         session.flush()
         audit_id, version_number = audit.id, version.version
+        row_map = None if version.row_map is None else np.frombuffer(version.row_map, "<i8")
+        reviewed = set(standing_verdicts(session, dataset_id=version.dataset_id))
 
     try:
         return _finish(store, view, plan, dataset_name=info.name, audit_id=audit_id,
-                       version=version_number,
+                       version=version_number, row_map=row_map, reviewed=reviewed,
                        reuse=existing is not None, filter_by=filter_by, rank_by=rank_by,
                        top=top, timings=timings, started=started, on_event=on_event)
     except BaseException as exc:
@@ -177,7 +191,7 @@ def column_name(view: DataView) -> str:
 
 def _finish(
     store: Store, view: DataView, plan: _ProbabilityPlan, *, dataset_name: str, audit_id: int,
-    version: int,
+    version: int, row_map: np.ndarray | None, reviewed: set[int],
     reuse: bool, filter_by: str, rank_by: str, top: int, timings: dict[str, float],
     started: float, on_event: EventCallback,
 ) -> ScanResult:
@@ -217,7 +231,20 @@ def _finish(
         )))
 
     step = time.perf_counter()
-    rows = _candidate_rows(view, detection, audit_id=audit_id)
+    rows = _candidate_rows(view, detection, audit_id=audit_id, row_map=row_map)
+    if reviewed:
+        kept = [r for r in rows if r["row"] not in reviewed]
+        skipped = len(rows) - len(kept)
+        for rank, row in enumerate(kept, start=1):
+            row["rank"] = rank
+        rows = kept
+        if skipped:
+            on_event(Event("info", message=(
+                f"{skipped} candidate(s) were reviewed in an earlier audit and are not listed "
+                "again"
+            )))
+    else:
+        skipped = 0
     with store.session() as session:
         if rows:
             session.execute(Candidate.__table__.insert(), rows)
@@ -233,7 +260,7 @@ def _finish(
     return ScanResult(
         audit_id=audit_id, dataset=dataset_name, version=version, total=view.n_rows,
         candidates=len(rows), model=plan.model, filter_by=filter_by, rank_by=rank_by,
-        accuracy=detection.accuracy, probabilities_reused=reuse,
+        accuracy=detection.accuracy, probabilities_reused=reuse, skipped_reviewed=skipped,
         top=[
             CandidateView(rank=r["rank"], row=r["row"], text=r["text"],
                           given_label=names[r["given_label"]],
@@ -253,10 +280,14 @@ def _compute(view: DataView, plan: _ProbabilityPlan, on_event: EventCallback) ->
     )
 
 
-def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int) -> list[dict]:
+def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int,
+                    row_map: np.ndarray | None) -> list[dict]:
+    """Candidate records; ``row`` is the version-0 index (through ``row_map`` when the scanned
+    version dropped rows), so a row keeps its identity across versions."""
     ranked = detection.ranked
     if len(ranked) == 0:
         return []
+    identities = ranked if row_map is None else row_map[ranked]
     texts = view.texts[0].take(ranked).to_pylist()
     pairs = view.texts[1].take(ranked).to_pylist() if len(view.texts) > 1 else [None] * len(ranked)
     given = view.labels[ranked].tolist()
@@ -264,12 +295,13 @@ def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int) -> l
     quality = detection.label_quality[ranked].tolist()
     return [
         {
-            "audit_id": audit_id, "row": int(row), "rank": rank, "text": text,
+            "audit_id": audit_id, "row": int(identity), "rank": rank, "text": text,
             "text_pair": pair, "text_hash": text_hash(text, pair),
             "given_label": g, "suggested_label": s, "label_quality": float(q),
         }
-        for rank, (row, text, pair, g, s, q) in enumerate(
-            zip(ranked.tolist(), texts, pairs, given, suggested, quality, strict=True), start=1
+        for rank, (identity, text, pair, g, s, q) in enumerate(
+            zip(identities.tolist(), texts, pairs, given, suggested, quality, strict=True),
+            start=1,
         )
     ]
 

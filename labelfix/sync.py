@@ -391,6 +391,20 @@ def apply_verdicts(session: Session, *, dataset_id: int, row: int) -> int:
     return 1
 
 
+def standing_verdicts(session: Session, *, dataset_id: int) -> dict[int, Annotation]:
+    """The newest verdict of each reviewed row of a dataset that was not undone."""
+    annotations = list(session.scalars(
+        select(Annotation).where(Annotation.dataset_id == dataset_id)
+        .order_by(Annotation.annotated_at, Annotation.id)
+    ))
+    undone = {a.retracts_id for a in annotations if a.decision == "undo"}
+    standing: dict[int, Annotation] = {}
+    for annotation in annotations:
+        if annotation.decision != "undo" and annotation.id not in undone:
+            standing[annotation.row] = annotation
+    return standing
+
+
 @dataclass(frozen=True)
 class HistoryEntry:
     row: int
@@ -441,3 +455,36 @@ def review_states(session: Session, *, dataset_id: int, rows: Sequence[int]) -> 
         if order.get(status, 0) >= order.get(states.get(state_row, "pending"), 0):
             states[state_row] = status
     return states
+
+
+@dataclass(frozen=True)
+class VersionEntry:
+    dataset: str
+    version: int
+    parent: int | None
+    rows: int
+    corrections_applied: int
+    discarded_dropped: int
+    location: str | None
+    format: str | None
+    created_at: object
+
+
+def versions(session: Session, *, dataset: str | None = None) -> list[VersionEntry]:
+    """Every recorded version, oldest first (version 0 is the data as first scanned)."""
+    parent_version = {v.id: v.version for v in session.scalars(select(DatasetVersion))}
+    query = (select(DatasetVersion, Dataset.name)
+             .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+             .order_by(Dataset.name, DatasetVersion.version))
+    if dataset is not None:
+        query = query.where(Dataset.id == resolve_dataset(session, dataset).id)
+    return [
+        VersionEntry(
+            dataset=name, version=v.version,
+            parent=None if v.parent_id is None else parent_version.get(v.parent_id),
+            rows=v.row_count, corrections_applied=v.corrections_applied,
+            discarded_dropped=v.discarded_dropped, location=v.location, format=v.format,
+            created_at=v.created_at,
+        )
+        for v, name in session.execute(query)
+    ]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from labelfix.cli import audits, candidates, db, history, review, scan, sync
+from labelfix.cli import audits, candidates, db, export, history, review, scan, sync
 from labelfix.cli._common import AppState
 
 app = typer.Typer(
@@ -48,6 +48,7 @@ app.command("candidates")(candidates.candidates)
 app.command("audits")(audits.audits)
 app.command("sync")(sync.sync)
 app.command("review")(review.review)
+app.command("export")(export.export)
 app.command("history")(history.history)
 app.add_typer(db.app, name="db")
 

@@ -167,7 +167,8 @@ def fixed_table(
     widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(headers)]
     # Each column after the first costs 3 characters of separator (" │ ").
     room = max(6 if wrap_last else 10, width - sum(widths[:-1]) - 3 * (len(headers) - 1) - 1)
-    widths[-1] = min(widths[-1], room)
+    # The last header stays whole even when that costs the table a little more width.
+    widths[-1] = max(len(headers[-1]), min(widths[-1], room))
     table = Table(title=title, show_edge=False, pad_edge=False, expand=False)
     for index, (header, column_width) in enumerate(zip(headers, widths, strict=True)):
         wrap = wrap_last and index == len(headers) - 1

@@ -28,13 +28,12 @@ def audits(
     if not rows:
         typer.echo("No audits yet; run `labelfix scan SOURCE`.")
         return
-    headers = ("Audit", "Dataset", "Ver", "Rows", "Flagged", "Acc", "Status", "Created", "Model")
+    headers = ("Audit", "Dataset", "Ver", "Rows", "Flagged", "Acc", "Status", "Model")
     cells = [
         [str(r.audit_id), r.dataset, str(r.version),
          "" if r.total is None else str(r.total),
          "" if r.candidates is None else str(r.candidates),
-         "" if r.accuracy is None else f"{100 * r.accuracy:.1f}%", r.status,
-         r.created_at.strftime("%Y-%m-%d"), r.model]
+         "" if r.accuracy is None else f"{100 * r.accuracy:.1f}%", r.status, r.model]
         for r in rows
     ]
     console = stdout_console()

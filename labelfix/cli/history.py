@@ -12,11 +12,16 @@ def history(
     dataset: str | None = typer.Argument(
         None, metavar="[DATASET]", help="Only this dataset's corrections [default: all]."),
     row: int | None = typer.Option(None, "--row", min=0, help="Only this row (0-based)."),
+    show_versions: bool = typer.Option(
+        False, "--versions", help="List the dataset's versions with their counts instead."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list on stdout."),
 ) -> None:
     """List label corrections, newest first, with the annotator, backend and audit."""
     from labelfix.sync import history as load_history
 
+    if show_versions:
+        _versions(ctx, dataset, as_json=as_json)
+        return
     with errors_to_exit(), get_store(ctx).session() as session:
         entries = load_history(session, dataset=dataset, row=row)
     if as_json:
@@ -42,3 +47,32 @@ def history(
     console = stdout_console()
     console.print(fixed_table(headers, cells, width=console.width,
                               right_aligned={"Row", "Audit", "Version"}, wrap_last=True))
+
+
+def _versions(ctx: typer.Context, dataset: str | None, *, as_json: bool) -> None:
+    from labelfix.sync import versions
+
+    with errors_to_exit(), get_store(ctx).session() as session:
+        entries = versions(session, dataset=dataset)
+    if as_json:
+        print_json([
+            {"dataset": e.dataset, "version": e.version, "parent": e.parent, "rows": e.rows,
+             "corrections_applied": e.corrections_applied,
+             "discarded_dropped": e.discarded_dropped, "path": e.location, "format": e.format,
+             "created_at": e.created_at}
+            for e in entries
+        ])
+        return
+    if not entries:
+        typer.echo("No datasets yet; run `labelfix scan SOURCE`.")
+        return
+    headers = ("Dataset", "Version", "Rows", "Corrections", "Dropped", "Created", "Location")
+    cells = [
+        [e.dataset, str(e.version), str(e.rows), str(e.corrections_applied),
+         str(e.discarded_dropped), e.created_at.strftime("%Y-%m-%d"),  # type: ignore[attr-defined]
+         e.location or ""]
+        for e in entries
+    ]
+    console = stdout_console()
+    console.print(fixed_table(headers, cells, width=console.width, wrap_last=True,
+                              right_aligned={"Version", "Rows", "Corrections", "Dropped"}))

@@ -81,6 +81,9 @@ class Dataset(Base):
     text_columns: Mapped[list[str]] = mapped_column(JSON)
     label_column: Mapped[str] = mapped_column(String(200))
     label_names: Mapped[list[str]] = mapped_column(JSON)
+    # --labels as the user gave it (None when the names came from the data), so that the
+    # source can be read again exactly as it was scanned.
+    labels_option: Mapped[list[str] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     versions: Mapped[list[DatasetVersion]] = relationship(
@@ -101,7 +104,12 @@ class DatasetVersion(Base):
     row_count: Mapped[int] = mapped_column(Integer)
     parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
     location: Mapped[str | None] = mapped_column(Text)
+    format: Mapped[str | None] = mapped_column(String(20))
     corrections_applied: Mapped[int] = mapped_column(Integer, default=0)
+    discarded_dropped: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # For a version that dropped rows: (row_count,) int64 little-endian, the version-0 index of
+    # each of its rows, so that rows keep their identity across versions.
+    row_map: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     dataset: Mapped[Dataset] = relationship(back_populates="versions")

@@ -27,10 +27,23 @@ class DatasetInfo:
     label_names: Sequence[str]
     fingerprint: str
     row_count: int
+    labels_option: Sequence[str] | None = None
 
 
 def get_dataset(session: Session, *, name: str) -> Dataset | None:
     return session.scalars(select(Dataset).where(Dataset.name == name)).first()
+
+
+def version_with_fingerprint(session: Session, *, fingerprint: str,
+                             label_names: Sequence[str]) -> DatasetVersion | None:
+    """A recorded version holding exactly these rows (e.g. an exported one being re-scanned)."""
+    for version in session.scalars(
+        select(DatasetVersion).where(DatasetVersion.fingerprint == fingerprint)
+        .order_by(DatasetVersion.version.desc())
+    ):
+        if list(version.dataset.label_names) == list(label_names):
+            return version
+    return None
 
 
 def free_name(session: Session, *, info: DatasetInfo) -> str:
@@ -58,11 +71,23 @@ def ensure_version(session: Session, *, info: DatasetInfo) -> DatasetVersion:
         DataError: the name is taken by another source, or the data behind the name changed.
     """
     dataset = get_dataset(session, name=info.name)
+    if dataset is not None:
+        # The very rows of a recorded version (say an exported one) are that version,
+        # wherever they are read from.
+        known = session.scalars(
+            select(DatasetVersion).where(
+                DatasetVersion.dataset_id == dataset.id,
+                DatasetVersion.fingerprint == info.fingerprint,
+            ).order_by(DatasetVersion.version.desc())
+        ).first()
+        if known is not None and list(dataset.label_names) == list(info.label_names):
+            return known
     if dataset is None:
         dataset = Dataset(
             name=info.name, source=info.source, source_kind=info.source_kind, config=info.config,
             split=info.split, text_columns=list(info.text_columns),
             label_column=info.label_column, label_names=list(info.label_names),
+            labels_option=list(info.labels_option) if info.labels_option else None,
         )
         session.add(dataset)
         session.flush()
@@ -78,14 +103,6 @@ def ensure_version(session: Session, *, info: DatasetInfo) -> DatasetVersion:
                 f"now {','.join(info.label_names)}; pass --labels {','.join(dataset.label_names)} "
                 "or --name to record it as a new dataset"
             )
-    version = session.scalars(
-        select(DatasetVersion).where(
-            DatasetVersion.dataset_id == dataset.id,
-            DatasetVersion.fingerprint == info.fingerprint,
-        ).order_by(DatasetVersion.version.desc())
-    ).first()
-    if version is not None:
-        return version
     latest = session.scalars(
         select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
         .order_by(DatasetVersion.version.desc())
