@@ -122,6 +122,12 @@ def run_scan(
         recorded = version_with_fingerprint(session, fingerprint=view.fingerprint,
                                             label_names=view.label_names)
         if name is None and recorded is not None:
+            if recorded.dataset.name != info.name or recorded.location != view.source:
+                on_event(Event("info", message=(
+                    f"These rows are version {recorded.version} of dataset "
+                    f"{recorded.dataset.name!r}; the audit is recorded there "
+                    "(pass --name to record them as another dataset)"
+                )))
             info = replace(info, name=recorded.dataset.name)
         elif name is None:
             chosen = free_name(session, info=info)

@@ -123,7 +123,8 @@ def test_features_and_version_of_a_saved_dataset_are_kept(run, tmp_path: Path, s
     assert exported.features == features
     assert exported.info.version.version_str == "1.1.0"
     assert exported["source_id"] == list(range(synthetic.n))
-    assert sum(a != b for a, b in zip(exported["label"], synthetic.labels.tolist())) == 3
+    pairs = zip(exported["label"], synthetic.labels.tolist(), strict=True)
+    assert sum(a != b for a, b in pairs) == 3
 
 
 def test_an_existing_folder_is_never_touched(run, reviewed, tmp_path: Path) -> None:

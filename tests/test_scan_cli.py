@@ -118,9 +118,15 @@ def test_same_data_as_csv_with_probs_beside_the_demo(run, tmp_path: Path) -> Non
     csv_scan = run("scan", str(tmp_path / "ag.csv"), "--labels", ",".join(demo.label_names),
                    "--probs", str(tmp_path / "demo_probs.npy"), "--json")
     assert csv_scan.exit_code == 0, csv_scan.stderr
+    # The very same rows are the same dataset version, wherever they are read from.
+    assert "version 0 of dataset 'ag_news'" in csv_scan.stderr
     audits = run("audits", "--json").json()
-    assert [(a["dataset"], a["total"]) for a in audits] == [("ag_news", 7600), ("ag", 7600)]
+    assert [(a["dataset"], a["version"], a["total"]) for a in audits] == [
+        ("ag_news", 0, 7600), ("ag_news", 0, 7600)]
     assert audits[0]["candidates"] == audits[1]["candidates"]
+    apart = run("scan", str(tmp_path / "ag.csv"), "--labels", ",".join(demo.label_names),
+                "--probs", str(tmp_path / "demo_probs.npy"), "--name", "ag_copy", "--json")
+    assert apart.json()["dataset"] == "ag_copy"
 
 
 def test_probs_column(run, tmp_path: Path, synthetic) -> None:
@@ -293,7 +299,8 @@ def test_a_derived_name_taken_by_another_source_gets_a_free_one(run, tmp_path: P
                                                                probs_npy: Path) -> None:
     first = synthetic.write(tmp_path / "reviews.csv")
     (tmp_path / "other").mkdir()
-    second = synthetic.write(tmp_path / "other" / "reviews.csv")
+    other = make_synthetic(seed=1)
+    second = other.write(tmp_path / "other" / "reviews.csv")
     assert run("scan", str(first), "--probs", str(probs_npy)).exit_code == 0
     result = run("scan", str(second), "--probs", str(probs_npy), "--json")
     assert result.exit_code == 0, result.stderr
