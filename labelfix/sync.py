@@ -55,7 +55,7 @@ class SyncResult:
     discarded: int = 0
     failed: int = 0
     ignored: int = 0
-    messages: list[str] = field(default_factory=list)
+    disagreements: list[str] = field(default_factory=list)
 
 
 def resolve_dataset(session: Session, name: str | None) -> Dataset:
@@ -240,6 +240,8 @@ def pull_verdicts(
             ))
         }
         touched: set[int] = set()
+        # In the servers' time order, each verdict applied as it comes: when two annotators
+        # disagree, both of their changes stand in history and the newer one holds.
         for verdict in sorted(batch.verdicts, key=lambda v: (v.annotated_at, v.remote_id)):
             state = states.get(verdict.remote_id)
             if state is None or state.dataset_id != dataset_id:
@@ -250,13 +252,22 @@ def pull_verdicts(
                                        result=result, on_event=on_event)
             if decision is not None:
                 touched.add(state.row)
-        session.flush()
-        for row in sorted(touched):
-            result.corrections += apply_verdicts(session, dataset_id=dataset_id, row=row)
+                result.corrections += apply_verdicts(session, dataset_id=dataset_id,
+                                                     row=state.row)
+        result.disagreements = disagreements(session, dataset_id=dataset_id, rows=touched,
+                                             label_names=label_names)
         cursor_row = _cursor(session, backend.name, remote_name)
         if batch.cursor is not None:
             cursor_row.cursor = batch.cursor
         cursor_row.pulled_at = utcnow()
+    if result.disagreements:
+        shown = "; ".join(result.disagreements[:5])
+        more = f"; and {len(result.disagreements) - 5} more" if len(result.disagreements) > 5 \
+            else ""
+        on_event(Event("warning", message=(
+            f"annotators disagree on {len(result.disagreements)} row(s), the newest verdict "
+            f"holds: {shown}{more}"
+        )))
     if result.ignored:
         on_event(Event("info", message=(
             f"{result.ignored} reviewed record(s) in {remote_name} were not pushed by labelfix "
@@ -389,6 +400,27 @@ def apply_verdicts(session: Session, *, dataset_id: int, row: int) -> int:
         new_label=target, annotation_id=cause.id, audit_id=candidate.audit_id,
     ))
     return 1
+
+
+def disagreements(session: Session, *, dataset_id: int, rows: set[int],
+                  label_names: Sequence[str]) -> list[str]:
+    """Rows whose annotators' latest standing verdicts name different labels, described."""
+    found = []
+    for row in sorted(rows):
+        annotations = list(session.scalars(
+            select(Annotation).where(Annotation.dataset_id == dataset_id, Annotation.row == row)
+            .order_by(Annotation.annotated_at, Annotation.id)
+        ))
+        undone = {a.retracts_id for a in annotations if a.decision == "undo"}
+        latest: dict[str, str] = {}
+        for a in annotations:
+            if a.decision == "undo" or a.id in undone:
+                continue
+            latest[a.annotator] = "discard" if a.label is None else label_names[a.label]
+        if len(set(latest.values())) > 1:
+            who = ", ".join(f"{name}: {label}" for name, label in latest.items())
+            found.append(f"row {row} ({who})")
+    return found
 
 
 def standing_verdicts(session: Session, *, dataset_id: int) -> dict[int, Annotation]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timezone
 from typing import Protocol
 
 from labelfix.errors import UsageError
@@ -97,3 +97,14 @@ def check_remote_name(name: str) -> str:
 def remote_id(dataset: str, row: int) -> str:
     """The remote record id of a row: the same for every audit, and never a bare number."""
     return f"{dataset}-{row}"
+
+
+def parse_server_time(value: str) -> datetime:
+    """A server's ISO 8601 timestamp as an aware datetime (servers that omit the zone mean UTC).
+
+    Raises:
+        ValueError: the value is not ISO 8601; a verdict without a usable time cannot be
+            ordered against others, so it is refused rather than stamped with our clock.
+    """
+    parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +19,8 @@ import httpx
 from labelfix.errors import UsageError, WorkError
 
 RETRY_STATUSES = {429, 500, 502, 503, 504}
+# Query parameters: a mapping, or pairs where a name repeats (include=a&include=b).
+Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
 
 
 class BackendError(WorkError):
@@ -137,7 +139,7 @@ class HttpClient:
         )
 
     def request_json(self, method: str, path: str, *, json_body: Any = None,
-                     params: Mapping[str, Any] | None = None) -> Any:
+                     params: Params = None) -> Any:
         """Send a request and return its JSON body, retrying what is worth retrying.
 
         Raises:
@@ -156,7 +158,7 @@ class HttpClient:
         raise AssertionError("unreachable: tenacity either returns or raises")  # pragma: no cover
 
     def stream_ndjson(self, method: str, path: str, *, json_body: Any = None,
-                      params: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
+                      params: Params = None) -> list[dict[str, Any]]:
         """POST/GET a newline-delimited JSON stream and return its objects (retried whole).
 
         Raises:
@@ -180,7 +182,7 @@ class HttpClient:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _send(self, method: str, path: str, *, json_body: Any,
-              params: Mapping[str, Any] | None) -> httpx.Response:
+              params: Params) -> httpx.Response:
         try:
             response = self._client.request(method, path, json=json_body, params=params)
         except httpx.TransportError as exc:
@@ -190,7 +192,7 @@ class HttpClient:
 
     @contextmanager
     def _stream(self, method: str, path: str, *, json_body: Any,
-                params: Mapping[str, Any] | None) -> Iterator[httpx.Response]:
+                params: Params) -> Iterator[httpx.Response]:
         try:
             with self._client.stream(method, path, json=json_body, params=params) as response:
                 if response.status_code >= 400:

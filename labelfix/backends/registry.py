@@ -7,7 +7,7 @@ from labelfix.backends.http import HttpSettings
 from labelfix.errors import UsageError
 from labelfix.events import Event, EventCallback, ignore
 
-SERVER_BACKENDS = ("rubrix",)
+SERVER_BACKENDS = ("rubrix", "argilla")
 
 
 def open_backend(
@@ -30,4 +30,9 @@ def open_backend(
         from labelfix.backends.rubrix import RubrixBackend
 
         return RubrixBackend.from_env(settings=settings, header_style=legacy_headers)
-    raise UsageError(f"--backend {name!r}: choose one of {', '.join(SERVER_BACKENDS)}")
+    if name == "argilla":
+        from labelfix.backends.argilla import ArgillaBackend
+
+        return ArgillaBackend.from_env(settings=settings)
+    raise UsageError(f"--backend {name!r}: choose one of {', '.join(SERVER_BACKENDS)}, "
+                     "sheet or local")

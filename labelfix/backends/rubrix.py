@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from labelfix.backends.base import PullBatch, PushItem, Verdict
+from labelfix.backends.base import PullBatch, PushItem, Verdict, parse_server_time
 from labelfix.backends.http import BackendError, HttpClient, HttpSettings
 from labelfix.errors import UsageError
 
@@ -169,15 +169,16 @@ def _verdict(record: dict[str, Any]) -> Verdict | None:
         label=None if discarded else str(label),
         discarded=discarded,
         annotator=str(agent),
-        annotated_at=_parse_time(updated),
+        annotated_at=_time(updated, record),
         verdict_key=f"{record['id']}|{status}|{label}|{agent}|{updated}",
         cursor=updated,
     )
 
 
-def _parse_time(value: str) -> datetime:
+
+def _time(value: str, record: dict[str, Any]) -> datetime:
     try:
-        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return parse_server_time(value)
     except ValueError:
-        return datetime.now(timezone.utc)
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=timezone.utc)
+        raise BackendError(f"rubrix answered record {record.get('id')!r} with no usable time "
+                           f"({value!r}); its verdict cannot be ordered") from None
