@@ -272,5 +272,5 @@ def _time(value: str, record: dict[str, Any]) -> datetime:
     try:
         return parse_server_time(value)
     except ValueError:
-        raise BackendError(f"argilla answered record {record.get('external_id')!r} with no usable time "
-                           f"({value!r}); its verdict cannot be ordered") from None
+        raise BackendError(f"argilla answered record {record.get('external_id')!r} with no "
+                           f"usable time ({value!r}); its verdict cannot be ordered") from None
