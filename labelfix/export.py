@@ -121,7 +121,8 @@ def run_export(
             _write(dataset_obj, temporary, fmt)
         with store.session() as session:
             version = _record(session, plan, view=view, out=out, fmt=fmt, keep=keep,
-                              new_fingerprint=new_fingerprint, version_number=version_number)
+                              labels=labels, new_fingerprint=new_fingerprint,
+                              version_number=version_number)
             _write_changelog(session, temporary, dataset_id=plan["dataset_id"], view=view,
                              version_number=version_number, dropped=plan["discarded"]
                              if drop_discarded else np.empty(0, dtype=np.int64))
@@ -292,12 +293,14 @@ def _write(dataset: Any, folder: Path, fmt: str) -> None:
 
 
 def _record(session: Session, plan: dict[str, Any], *, view: DataView, out: Path, fmt: str,
-            keep: np.ndarray, new_fingerprint: str, version_number: int) -> DatasetVersion:
+            keep: np.ndarray, labels: np.ndarray, new_fingerprint: str,
+            version_number: int) -> DatasetVersion:
     version = DatasetVersion(
         dataset_id=plan["dataset_id"], version=version_number, fingerprint=new_fingerprint,
         row_count=int(keep.sum()), parent_id=plan["latest_id"], location=str(out), format=fmt,
         corrections_applied=plan["new_corrections"], discarded_dropped=int((~keep).sum()),
         row_map=None if keep.all() else np.flatnonzero(keep).astype("<i8").tobytes(),
+        labels=np.ascontiguousarray(labels[keep], dtype="<i4").tobytes(),
     )
     session.add(version)
     session.flush()

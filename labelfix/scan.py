@@ -138,6 +138,8 @@ def run_scan(
                 )))
                 info = replace(info, name=chosen)
         version = ensure_version(session, info=info)
+        if version.labels is None:
+            version.labels = np.ascontiguousarray(view.labels, dtype="<i4").tobytes()
         existing = stored_probs.find(session, fingerprint=view.fingerprint,
                                      source_key=plan.source_key)
         audit = Audit(
@@ -260,6 +262,8 @@ def _finish(
         audit.status = "complete"
         audit.candidates = len(rows)
         audit.accuracy = detection.accuracy
+        audit.label_quality = np.ascontiguousarray(detection.label_quality,
+                                                   dtype="<f4").tobytes()
         audit.timings = {key: round(value, 4) for key, value in timings.items()}
         audit.finished_at = utcnow()
     names = view.label_names

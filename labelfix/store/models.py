@@ -110,6 +110,9 @@ class DatasetVersion(Base):
     # For a version that dropped rows: (row_count,) int64 little-endian, the version-0 index of
     # each of its rows, so that rows keep their identity across versions.
     row_map: Mapped[bytes | None] = mapped_column(LargeBinary)
+    # (row_count,) int32 little-endian, every row's label: reports and later audits need the
+    # labels without reading the source again. None for versions recorded before 0004.
+    labels: Mapped[bytes | None] = mapped_column(LargeBinary)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     dataset: Mapped[Dataset] = relationship(back_populates="versions")
@@ -172,6 +175,8 @@ class Audit(Base):
     candidates: Mapped[int | None] = mapped_column(Integer)
     accuracy: Mapped[float | None] = mapped_column(Float)
     timings: Mapped[dict[str, float]] = mapped_column(JSON, default=dict)
+    # (N,) float32 little-endian: cleanlab's label quality of every row, not just candidates.
+    label_quality: Mapped[bytes | None] = mapped_column(LargeBinary)
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
