@@ -22,6 +22,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from labelfix import __version__
+from labelfix._hooks import checkpoint
 from labelfix.data import (
     DEMO,
     DataView,
@@ -80,13 +81,19 @@ def run_export(
     if fmt not in FORMATS:
         raise UsageError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     out = out.expanduser().resolve()
-    if out.exists():
-        raise UsageError(f"{out} exists; labelfix never overwrites a version, choose a new --out")
     if not out.parent.is_dir():
         raise UsageError(f"folder {out.parent} does not exist; create it or choose another --out")
     with store.session() as session:
         found = resolve_dataset(session, dataset)
         plan = _plan(session, found, drop_discarded=drop_discarded)
+    # Hidden folders left by an export killed while writing: never a version, safe to remove.
+    for stale in out.parent.glob(f".{out.name}.labelfix-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if out.exists():
+        adopted = _adopt(store, out, plan, drop_discarded=drop_discarded, on_event=on_event)
+        if adopted is not None:
+            return adopted
+        raise UsageError(f"{out} exists; labelfix never overwrites a version, choose a new --out")
     if plan["new_corrections"] == 0 and plan["new_drops"] == 0:
         on_event(Event("info", message=(
             f"No corrections since version {plan['latest_version']} of {plan['name']}; "
@@ -119,6 +126,7 @@ def run_export(
     try:
         with Task(on_event, f"Writing {fmt}", total=None):
             _write(dataset_obj, temporary, fmt)
+        checkpoint("export.written")
         with store.session() as session:
             version = _record(session, plan, view=view, out=out, fmt=fmt, keep=keep,
                               labels=labels, new_fingerprint=new_fingerprint,
@@ -132,6 +140,7 @@ def run_export(
             # The rename is the last step inside the transaction: if it fails, nothing is
             # recorded; if the commit fails after it, the folder is moved back out below.
             os.rename(temporary, out)
+            checkpoint("export.renamed")
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
         if out.exists() and not _recorded(store, out):
@@ -140,6 +149,53 @@ def run_export(
     return ExportResult(dataset=plan["name"], version=version_number, path=str(out),
                         rows=int(keep.sum()), corrections_applied=plan["new_corrections"],
                         discarded_dropped=int((~keep).sum()), semver=semver)
+
+
+def _adopt(store: Store, out: Path, plan: dict[str, Any], *, drop_discarded: bool,
+           on_event: EventCallback) -> ExportResult | None:
+    """Record a version that an export killed between its rename and its commit left complete
+    on disk, instead of refusing the rerun. Anything else in ``out`` is left alone (None)."""
+    manifest_path = out / "labelfix.json"
+    if not manifest_path.is_file() or _recorded(store, out):
+        return None
+    try:
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    expected_version = plan["latest_version"] + 1
+    if (manifest.get("dataset"), manifest.get("version"), manifest.get("parent_version"),
+            manifest.get("source_fingerprint")) != (
+            plan["name"], expected_version, plan["latest_version"], plan["fingerprint0"]):
+        return None
+    if manifest.get("corrections_applied") != plan["new_corrections"]:
+        return None  # verdicts arrived since: that folder is not this export
+    with store.session() as session:
+        rows = int(manifest["rows"])
+        keep_map = None
+        if drop_discarded and manifest.get("discarded_dropped"):
+            kept = np.setdiff1d(np.arange(plan["rows0"]), plan["discarded"])
+            keep_map = kept.astype("<i8").tobytes()
+        version = DatasetVersion(
+            dataset_id=plan["dataset_id"], version=expected_version,
+            fingerprint=manifest["fingerprint"], row_count=rows, parent_id=plan["latest_id"],
+            location=str(out), format=manifest.get("format"),
+            corrections_applied=plan["new_corrections"],
+            # The labels are in the folder; reading them back is not worth a reload here.
+            discarded_dropped=int(manifest.get("discarded_dropped") or 0), row_map=keep_map,
+        )
+        session.add(version)
+        session.flush()
+        for correction in session.scalars(select(Correction).where(
+                Correction.dataset_id == plan["dataset_id"], Correction.version_id.is_(None))):
+            correction.version_id = version.id
+    on_event(Event("info", message=(
+        f"{out} holds version {expected_version} of {plan['name']}, written by an export that "
+        "stopped before recording it; recorded it now"
+    )))
+    return ExportResult(dataset=plan["name"], version=expected_version, path=str(out),
+                        rows=rows, corrections_applied=plan["new_corrections"],
+                        discarded_dropped=int(manifest.get("discarded_dropped") or 0),
+                        semver=manifest.get("semver"))
 
 
 def _recorded(store: Store, out: Path) -> bool:
@@ -173,7 +229,8 @@ def _plan(session: Session, dataset: Dataset, *, drop_discarded: bool) -> dict[s
             text_columns=tuple(dataset.text_columns), label_column=dataset.label_column,
             labels=tuple(dataset.labels_option) if dataset.labels_option else None,
         ),
-        "fingerprint0": first.fingerprint, "latest_version": latest.version,
+        "fingerprint0": first.fingerprint, "rows0": first.row_count,
+        "latest_version": latest.version,
         "latest_id": latest.id, "latest_rows": latest.row_count,
         "rows": np.array([c.row for c in corrections], dtype=np.int64),
         "new_labels": np.array([c.new_label for c in corrections], dtype=np.int64),

@@ -12,8 +12,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from labelfix import __version__
+from labelfix._hooks import checkpoint
 from labelfix.data import DataView, SourceSpec, load, text_hash
 from labelfix.detect import (
     DEFAULT_FILTER_BY,
@@ -22,6 +24,7 @@ from labelfix.detect import (
     check_options,
     find_candidates,
     library_version,
+    preload,
 )
 from labelfix.errors import UsageError
 from labelfix.events import Event, EventCallback, Task, ignore
@@ -100,6 +103,7 @@ def run_scan(
         StoreError: the database cannot be opened or written.
     """
     check_options(filter_by=filter_by, rank_by=rank_by)
+    preload()
     if probs_file is not None and spec.probs_column is not None:
         raise UsageError("--probs and --probs-column both give probabilities; pass only one")
     timings: dict[str, float] = {}
@@ -147,7 +151,7 @@ def run_scan(
             prob_source=plan.kind, parameters=parameters, labelfix_version=__version__,
             cleanlab_version=library_version(), total=view.n_rows,
             probability_set_id=existing.id if existing else None,
-            probabilities_reused=existing is not None, timings={},
+            probabilities_reused=existing is not None, timings={}, worker=worker_id(),
         )
         session.add(audit)
         session.flush()
@@ -193,6 +197,14 @@ def _plan_probabilities(
                             {"folds": folds, "seed": seed})
 
 
+def worker_id() -> str:
+    """This process, as host:pid."""
+    import os
+    import socket
+
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def column_name(view: DataView) -> str:
     return str(view.extra["probs_column_name"])
 
@@ -226,6 +238,7 @@ def _finish(
             )
             session.get_one(Audit, audit_id).probability_set_id = prob_set.id
     timings["probabilities"] = time.perf_counter() - step
+    checkpoint("scan.probabilities_stored")
 
     step = time.perf_counter()
     with Task(on_event, "Finding label issues (cleanlab)", total=None):
@@ -255,7 +268,7 @@ def _finish(
         skipped = 0
     with store.session() as session:
         if rows:
-            session.execute(Candidate.__table__.insert(), rows)
+            insert_candidates(session, rows)
         audit = session.get_one(Audit, audit_id)
         timings["store"] = time.perf_counter() - step
         timings["total"] = time.perf_counter() - started
@@ -266,6 +279,7 @@ def _finish(
                                                    dtype="<f4").tobytes()
         audit.timings = {key: round(value, 4) for key, value in timings.items()}
         audit.finished_at = utcnow()
+        checkpoint("scan.before_commit")
     names = view.label_names
     return ScanResult(
         audit_id=audit_id, dataset=dataset_name, version=version, total=view.n_rows,
@@ -314,6 +328,22 @@ def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int,
             start=1,
         )
     ]
+
+
+def insert_candidates(session: Session, rows: list[dict]) -> None:
+    """Bulk insert of candidate rows; on SQLite through the driver's executemany with tuples,
+    a third of the time of SQLAlchemy's per-row dictionaries for tens of thousands of rows."""
+    columns = ("audit_id", "row", "rank", "text", "text_pair", "text_hash", "given_label",
+               "suggested_label", "label_quality")
+    connection = session.connection()
+    if connection.dialect.name != "sqlite":
+        session.execute(Candidate.__table__.insert(), rows)
+        return
+    raw = connection.connection.driver_connection
+    raw.executemany(
+        f"INSERT INTO candidates ({', '.join(columns)}) VALUES ({', '.join('?' * len(columns))})",
+        [tuple(row[c] for c in columns) for row in rows],
+    )
 
 
 def _mark_failed(store: Store, audit_id: int, exc: BaseException) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from labelfix._hooks import checkpoint
 from labelfix.backends.base import (
     PushItem,
     ReviewBackend,
@@ -137,6 +138,7 @@ def push_candidates(
                                          label_names=label_names):
                 with store.session() as session:
                     _mark(session, backend.name, remote_name, accepted, status="pushed")
+                checkpoint("sync.push_batch")
                 pushed += len(accepted)
                 done = set(accepted)
                 pending = [rid for rid in pending if rid not in done]
@@ -260,6 +262,7 @@ def pull_verdicts(
         if batch.cursor is not None:
             cursor_row.cursor = batch.cursor
         cursor_row.pulled_at = utcnow()
+        checkpoint("sync.pull_before_commit")
     if result.disagreements:
         shown = "; ".join(result.disagreements[:5])
         more = f"; and {len(result.disagreements) - 5} more" if len(result.disagreements) > 5 \

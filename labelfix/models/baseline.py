@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from labelfix._hooks import checkpoint
 from labelfix.errors import DataError
 from labelfix.events import EventCallback, Task, ignore
 
@@ -86,4 +87,5 @@ def out_of_fold_probabilities(
             fold_probs = classifier.predict_proba(vectorizer.transform(documents[test]))
             probs[np.ix_(test, classifier.classes_)] = fold_probs
             task.advance(1)
+            checkpoint("scan.fold")
     return probs

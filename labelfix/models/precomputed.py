@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -163,17 +162,17 @@ def validate(
             f"but the data has {n_rows} rows and {k} classes ({','.join(label_names)}); "
             "pass probabilities with one row per example and one column per class, in that order"
         )
-    finite = np.isfinite(matrix)
-    if not finite.all():
-        row = int(np.flatnonzero(~finite.all(axis=1))[0])
+    # One pass for the sums: a NaN or infinity makes its row's sum non-finite, so the full
+    # element-wise checks run only when something is wrong.
+    sums = matrix.sum(axis=1, dtype=np.float64)
+    if not np.isfinite(sums).all():
+        row = int(np.flatnonzero(~np.isfinite(sums))[0])
         raise ProbabilitiesError(f"{where} holds NaN or infinite values (first in row {row}); "
                                  "recompute the probabilities")
-    negative = matrix < 0
-    if negative.any():
-        row = int(np.flatnonzero(negative.any(axis=1))[0])
+    if matrix.min() < 0:
+        row = int(np.flatnonzero((matrix < 0).any(axis=1))[0])
         raise ProbabilitiesError(f"{where} holds negative values (first in row {row}); "
                                  "pass probabilities, not logits (apply softmax first)")
-    sums = matrix.sum(axis=1, dtype=np.float64)
     drift = np.abs(sums - 1.0)
     worst = float(drift.max()) if len(drift) else 0.0
     if worst > SUM_TOLERANCE:
@@ -194,7 +193,9 @@ def validate(
 
 def content_key(matrix: np.ndarray) -> str:
     """A hash of the matrix's values, so that the same file scanned twice is stored once."""
-    digest = hashlib.blake2b(digest_size=16)
+    import xxhash
+
+    digest = xxhash.xxh3_128()
     digest.update(str(matrix.shape).encode())
     digest.update(np.ascontiguousarray(matrix, dtype="<f4").data)
     return f"probs:{digest.hexdigest()}"

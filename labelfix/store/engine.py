@@ -91,7 +91,11 @@ def _sqlite_settings(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN")
+        # IMMEDIATE takes the write lock up front, waiting up to the busy timeout. A deferred
+        # transaction that reads and then writes fails at once with SQLITE_BUSY when another
+        # process wrote in between (WAL cannot upgrade a stale snapshot), which is how two
+        # labelfix processes on one database would see "database is locked".
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 def _check_sqlite_path(url: str) -> None:
@@ -107,6 +111,15 @@ def _check_sqlite_path(url: str) -> None:
         )
     if path.is_dir():
         raise StoreError(f"--db {path} is a folder; pass a file path such as {path}/labelfix.db")
+    if not path.exists():
+        # Created by us with owner-only permissions before SQLite opens it: the database holds
+        # people's names and their verdicts. SQLite gives -wal and -shm the same mode.
+        try:
+            os.close(os.open(path, os.O_CREAT | os.O_WRONLY, 0o600))
+        except OSError as exc:
+            raise StoreError(f"cannot create database {path}: {exc.strerror}; "
+                             "check the folder's permissions or pass --db with another path"
+                             ) from None
 
 
 class Store:

@@ -178,6 +178,9 @@ class Audit(Base):
     # (N,) float32 little-endian: cleanlab's label quality of every row, not just candidates.
     label_quality: Mapped[bytes | None] = mapped_column(LargeBinary)
     error: Mapped[str | None] = mapped_column(Text)
+    # host:pid of the process running the audit, so that one left "running" by a process
+    # that died can be told from one still at work.
+    worker: Mapped[str | None] = mapped_column(String(300))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 

@@ -152,6 +152,29 @@ def get_audit(session: Session, audit_id: int | None, *, dataset: str | None = N
     return audit
 
 
+def effective_status(audit: Audit) -> str:
+    """The audit's status, with "interrupted" for one whose process on this host is gone.
+
+    A process killed mid-scan cannot mark its audit failed; it stays "running" in the store.
+    On another host the process cannot be checked, and "running" is all that is known.
+    """
+    if audit.status != "running" or not audit.worker:
+        return audit.status
+    import os
+    import socket
+
+    host, _, pid = audit.worker.rpartition(":")
+    if host != socket.gethostname() or not pid.isdigit():
+        return audit.status
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return "interrupted"
+    except PermissionError:  # alive, under another user
+        return audit.status
+    return audit.status
+
+
 @dataclass(frozen=True)
 class AuditRow:
     audit_id: int
@@ -179,7 +202,7 @@ def list_audits(session: Session, *, dataset: str | None = None) -> list[AuditRo
     return [
         AuditRow(
             audit_id=audit.id, dataset=name, version=version, model=audit.model,
-            total=audit.total, candidates=audit.candidates, status=audit.status,
+            total=audit.total, candidates=audit.candidates, status=effective_status(audit),
             created_at=audit.created_at, accuracy=audit.accuracy,
             filter_by=(audit.parameters or {}).get("filter_by"),
         )
