@@ -15,15 +15,54 @@ from labelfix.store.engine import head_revision
 from labelfix.store.models import Base
 
 
+def _migrated(db: Path) -> object:
+    """A database built by running every migration (not by the fresh-database shortcut)."""
+    from sqlalchemy import create_engine
+
+    from labelfix.store.engine import migrate
+
+    url = resolve_url(db)
+    engine = create_engine(url)
+    migrate(engine, url, current=None)
+    return engine
+
+
 def test_models_match_migrations(db: Path) -> None:
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
-    store = Store(resolve_url(db))
-    with store.engine.connect() as connection:
+    engine = _migrated(db)
+    with engine.connect() as connection:
         context = MigrationContext.configure(connection, opts={"compare_type": True})
         diff = compare_metadata(context, Base.metadata)
     assert diff == []
+
+
+def test_schema_head_constant_is_the_newest_migration() -> None:
+    from labelfix.store.engine import SCHEMA_HEAD
+
+    assert SCHEMA_HEAD == head_revision()
+
+
+def test_a_fresh_database_equals_a_migrated_one(tmp_path: Path) -> None:
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    fresh = Store(resolve_url(tmp_path / "fresh.db")).engine
+    with fresh.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+        assert context.get_current_revision() == head_revision()
+    migrated = _migrated(tmp_path / "migrated.db")
+
+    def schema(engine: object) -> list[tuple]:
+        with engine.connect() as connection:  # type: ignore[attr-defined]
+            rows = connection.execute(text(
+                "select type, name, tbl_name from sqlite_master where name not like 'sqlite_%' "
+                "order by type, name")).all()
+        return [tuple(r) for r in rows]
+
+    assert schema(fresh) == schema(migrated)
 
 
 def test_open_creates_database_at_head_with_sqlite_settings(db: Path) -> None:

@@ -12,7 +12,13 @@ from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
-from labelfix.backends.base import PullBatch, PushItem, Verdict, parse_server_time
+from labelfix.backends.base import (
+    PullBatch,
+    PushItem,
+    Verdict,
+    parse_server_time,
+    push_batch_size,
+)
 from labelfix.backends.http import BackendError, HttpClient, HttpSettings
 from labelfix.errors import UsageError
 
@@ -174,8 +180,9 @@ class ArgillaBackend:
         pairs = any(item.text_pair is not None for item in items)
         setup = self._dataset(remote_name, label_names=label_names, pairs=pairs)
         path = f"/api/v1/datasets/{setup['id']}/records/bulk"
-        for start in range(0, len(items), BATCH_SIZE):
-            chunk = items[start : start + BATCH_SIZE]
+        size = min(push_batch_size(BATCH_SIZE), 500)  # the server takes 500 at most
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
             body = {"items": [_record(item, setup) for item in chunk]}
             self._http.request_json("PUT", path, json_body=body)
             yield [item.remote_id for item in chunk]

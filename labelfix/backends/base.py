@@ -99,6 +99,23 @@ def remote_id(dataset: str, row: int) -> str:
     return f"{dataset}-{row}"
 
 
+def push_batch_size(default: int) -> int:
+    """Records per push request: LABELFIX_PUSH_BATCH, for servers behind proxies that limit
+    request sizes, else the backend's default.
+
+    Raises:
+        UsageError: the value is not a whole number from 1 to 10000.
+    """
+    import os
+
+    raw = os.environ.get("LABELFIX_PUSH_BATCH")
+    if not raw:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= 10_000:
+        raise UsageError(f"LABELFIX_PUSH_BATCH={raw!r}: use a whole number from 1 to 10000")
+    return int(raw)
+
+
 def parse_server_time(value: str) -> datetime:
     """A server's ISO 8601 timestamp as an aware datetime (servers that omit the zone mean UTC).
 

@@ -8,6 +8,7 @@ API key: headers are not part of any message.
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ import httpx
 
 from labelfix.errors import UsageError, WorkError
 
+log = logging.getLogger("labelfix.http")
 RETRY_STATUSES = {429, 500, 502, 503, 504}
 # Query parameters: a mapping, or pairs where a name repeats (include=a&include=b).
 Params = Mapping[str, Any] | Sequence[tuple[str, Any]] | None
@@ -123,8 +125,12 @@ class HttpClient:
         def wait(state: RetryCallState) -> float:
             exc = state.outcome.exception() if state.outcome else None
             if isinstance(exc, _Retryable) and exc.retry_after is not None:
-                return min(exc.retry_after, self.settings.max_backoff)
-            return float(backoff(state))
+                delay = min(exc.retry_after, self.settings.max_backoff)
+            else:
+                delay = float(backoff(state))
+            log.info("%s failed (%s); attempt %d of %d in %.1f s", self._where(method, path),
+                     exc, state.attempt_number + 1, self.settings.attempts, delay)
+            return delay
 
         def give_up(state: RetryCallState) -> None:
             exc = state.outcome.exception() if state.outcome else None

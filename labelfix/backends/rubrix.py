@@ -13,7 +13,13 @@ from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import quote
 
-from labelfix.backends.base import PullBatch, PushItem, Verdict, parse_server_time
+from labelfix.backends.base import (
+    PullBatch,
+    PushItem,
+    Verdict,
+    parse_server_time,
+    push_batch_size,
+)
 from labelfix.backends.http import BackendError, HttpClient, HttpSettings
 from labelfix.errors import UsageError
 
@@ -81,8 +87,9 @@ class RubrixBackend:
              label_names: Sequence[str]) -> Iterator[list[str]]:
         path = f"/api/datasets/{quote(remote_name)}/TextClassification:bulk"
         now = datetime.now(timezone.utc).replace(tzinfo=None).isoformat(timespec="milliseconds")
-        for start in range(0, len(items), CHUNK_SIZE):
-            chunk = items[start : start + CHUNK_SIZE]
+        size = push_batch_size(CHUNK_SIZE)
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
             body = {
                 "tags": {"source": "labelfix"},
                 "metadata": {},

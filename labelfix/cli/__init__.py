@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from labelfix.cli import audits, candidates, db, export, history, review, scan, sync
-from labelfix.cli._common import AppState
+from labelfix.cli._common import AppState, setup_logging
 
 app = typer.Typer(
     name="labelfix",
@@ -36,11 +36,15 @@ def main_callback(
         help="The labelfix database: a SQLite file path or any SQLAlchemy URL.",
         show_default=True,
     ),
+    verbose: bool = typer.Option(
+        False, "--verbose", "-v", help="Log what labelfix and its HTTP client do on stderr "
+        "(API keys are masked)."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Show the version and exit."
     ),
 ) -> None:
-    ctx.obj = AppState(db=db)
+    setup_logging(verbose)
+    ctx.obj = AppState(db=db, verbose=verbose)
 
 
 app.command("scan")(scan.scan)

@@ -21,6 +21,51 @@ from labelfix.events import Event
 @dataclass
 class AppState:
     db: str | None = None
+    verbose: bool = False
+
+
+SECRET_VARIABLES = ("RUBRIX_API_KEY", "ARGILLA_API_KEY", "LABEL_STUDIO_API_KEY", "HF_TOKEN")
+
+
+def redact(text: str) -> str:
+    """``text`` with the value of every secret in the environment replaced by ***."""
+    for variable in SECRET_VARIABLES:
+        secret = os.environ.get(variable)
+        if secret and len(secret) >= 4:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _RedactingFormatter:
+    """Wraps a logging formatter so that no log line carries a key, whatever logged it."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    def format(self, record: Any) -> str:
+        return redact(self._inner.format(record))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+def setup_logging(verbose: bool) -> None:
+    """--verbose: what labelfix and its HTTP client do, on stderr, keys masked."""
+    import logging
+
+    if not verbose:
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_RedactingFormatter(logging.Formatter(  # type: ignore[arg-type]
+        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")))
+    handler.labelfix = True  # type: ignore[attr-defined]
+    for name in ("labelfix", "httpx", "httpcore"):
+        logger = logging.getLogger(name)
+        # One handler, on the stderr of this run (tests run many commands in one process).
+        for old in [h for h in logger.handlers if getattr(h, "labelfix", False)]:
+            logger.removeHandler(old)
+        logger.setLevel(logging.DEBUG if name == "labelfix" else logging.INFO)
+        logger.addHandler(handler)
 
 
 def get_store(ctx: typer.Context) -> Any:
@@ -32,7 +77,7 @@ def get_store(ctx: typer.Context) -> Any:
 
 def fail(message: str, code: int) -> typer.Exit:
     # One line, whatever the message holds: scripts grep stderr.
-    typer.echo(f"Error: {' '.join(message.split())}", err=True)
+    typer.echo(f"Error: {redact(' '.join(message.split()))}", err=True)
     return typer.Exit(code)
 
 
@@ -55,7 +100,7 @@ def errors_to_exit() -> Iterator[None]:
         raise
     except Exception as exc:
         if os.environ.get("LABELFIX_DEBUG"):
-            traceback.print_exc()
+            typer.echo(redact(traceback.format_exc()), err=True)
         raise fail(f"unexpected {type(exc).__name__}: {exc} (a bug in labelfix; rerun with "
                    "LABELFIX_DEBUG=1 for the traceback and report it)", 1) from None
 

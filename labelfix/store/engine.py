@@ -214,19 +214,63 @@ def current_revision(engine: Engine) -> str | None:
         raise _translate(exc, str(engine.url)) from None
 
 
+# The newest migration in migrations/versions; tests/test_store.py fails when they differ.
+SCHEMA_HEAD = "0005"
+
+
 def upgrade(engine: Engine, url: str) -> None:
     """Bring the database to the newest schema this labelfix knows.
+
+    A database already at the head is opened without loading Alembic, and a new empty one is
+    created from the models and stamped (Alembic's recipe for fresh databases); only an older
+    database runs the migrations.
 
     Raises:
         StoreError: the database was made by a newer labelfix, cannot be written, or the
             migration failed.
+    """
+    from sqlalchemy import text
+
+    try:
+        with engine.begin() as connection:
+            tables = set(inspect(connection).get_table_names())
+            current = None
+            if "alembic_version" in tables:
+                current = connection.execute(
+                    text("SELECT version_num FROM alembic_version")).scalar()
+            if current == SCHEMA_HEAD:
+                return
+            if current is None and not tables:
+                from labelfix.store.models import Base
+
+                Base.metadata.create_all(connection)
+                connection.execute(text(
+                    "CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL, "
+                    "CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num))"))
+                connection.execute(text("INSERT INTO alembic_version (version_num) "
+                                        "VALUES (:head)"), {"head": SCHEMA_HEAD})
+                return
+    except OperationalError as exc:
+        raise _translate(exc, url) from None
+    if current is None:
+        raise StoreError(
+            f"database {redact(url)} holds tables that are not labelfix's; "
+            "pass --db with a new or labelfix database"
+        )
+    migrate(engine, url, current=current)
+
+
+def migrate(engine: Engine, url: str, *, current: str | None) -> None:
+    """Run the Alembic migrations from ``current`` to the head.
+
+    Raises:
+        StoreError: ``current`` is a revision this labelfix does not know (a newer one).
     """
     from alembic import command
     from alembic.script import ScriptDirectory
     from alembic.util.exc import CommandError
 
     script = ScriptDirectory(str(migrations_dir()))
-    current = current_revision(engine)
     if current is not None:
         try:
             known = script.get_revision(current)
@@ -238,13 +282,6 @@ def upgrade(engine: Engine, url: str) -> None:
                 f"{current}); upgrade labelfix (pip install -U labelfix) or pass --db with "
                 "another database"
             )
-    if current == script.get_current_head():
-        return
-    if current is None and inspect(engine).get_table_names():
-        raise StoreError(
-            f"database {redact(url)} holds tables that are not labelfix's; "
-            "pass --db with a new or labelfix database"
-        )
     config = alembic_config(url)
     try:
         with engine.begin() as connection:
