@@ -28,7 +28,7 @@ from labelfix.errors import UsageError
 from labelfix.events import EventCallback, Task, ignore
 from labelfix.store import Store
 from labelfix.store import probabilities as stored_probs
-from labelfix.store.models import Annotation, Audit, DatasetVersion, ProbabilitySet
+from labelfix.store.models import Annotation, Audit, DatasetVersion, ProbabilitySet, Report
 from labelfix.store.queries import get_audit, list_candidates
 from labelfix.sync import standing_verdicts
 
@@ -434,8 +434,11 @@ def write_report(
             path = png_dir / f"{name}.png"
             path.write_bytes(png)
             pngs.append(path.resolve())
-    # TODO(issue 10, item 2): record the report here (audit id, out.resolve(), png_dir) once
-    # the store has a place for it, so that `labelfix audits` can point at it.
+    # Recorded so that `labelfix audits` and `history --versions` can point at it.
+    with store.session() as session:
+        session.add(Report(audit_id=data.audit_id, path=str(out.resolve()),
+                           png_dir=None if png_dir is None else str(png_dir.resolve()),
+                           labelfix_version=__version__, created_at=data.created_at))
     return ReportResult(
         audit_id=data.audit_id, dataset=data.dataset, version=data.version, path=out.resolve(),
         png_dir=None if png_dir is None else png_dir.resolve(), pngs=pngs,
@@ -508,7 +511,8 @@ def _noise_figure(Figure: Any, data: ReportData) -> Any:  # noqa: N803 -- the cl
     ax.set_xlabel("True label (estimated by confident learning)")
     ax.set_ylabel("Given label")
     ax.spines[:].set_visible(False)
-    ax.set_title("Given vs. true label, % of all rows")
+    subset = f" ({k} of {len(data.joint)} classes)" if k < len(data.joint) else ""
+    ax.set_title(f"Given vs. true label, % of all rows{subset}")
     if annotate:
         size = 9 if k <= 8 else 8 if k <= 14 else 6.5
         cut = PowerNorm(gamma=0.35, vmin=0, vmax=pct.max())(pct.max() * 0.45)

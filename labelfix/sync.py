@@ -503,6 +503,7 @@ class VersionEntry:
     location: str | None
     format: str | None
     created_at: object
+    report: str | None = None
 
 
 def versions(session: Session, *, dataset: str | None = None) -> list[VersionEntry]:
@@ -513,6 +514,14 @@ def versions(session: Session, *, dataset: str | None = None) -> list[VersionEnt
              .order_by(Dataset.name, DatasetVersion.version))
     if dataset is not None:
         query = query.where(Dataset.id == resolve_dataset(session, dataset).id)
+    from labelfix.store.queries import latest_reports
+
+    reports = latest_reports(session)
+    newest_audit: dict[int, int] = {}
+    for audit_id, version_id in session.execute(
+            select(Audit.id, Audit.dataset_version_id).order_by(Audit.id)):
+        if audit_id in reports:
+            newest_audit[version_id] = audit_id
     return [
         VersionEntry(
             dataset=name, version=v.version,
@@ -520,6 +529,7 @@ def versions(session: Session, *, dataset: str | None = None) -> list[VersionEnt
             rows=v.row_count, corrections_applied=v.corrections_applied,
             discarded_dropped=v.discarded_dropped, location=v.location, format=v.format,
             created_at=v.created_at,
+            report=reports.get(newest_audit[v.id]) if v.id in newest_audit else None,
         )
         for v, name in session.execute(query)
     ]

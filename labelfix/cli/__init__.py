@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import typer
 
-from labelfix.cli import audits, candidates, db, export, history, review, scan, sync
+from labelfix.cli import (
+    audits,
+    candidates,
+    db,
+    export,
+    history,
+    report,
+    review,
+    scan,
+    sync,
+)
 from labelfix.cli._common import AppState, setup_logging
 
 app = typer.Typer(
@@ -53,6 +63,7 @@ app.command("audits")(audits.audits)
 app.command("sync")(sync.sync)
 app.command("review")(review.review)
 app.command("export")(export.export)
+app.command("report")(report.report)
 app.command("history")(history.history)
 app.add_typer(db.app, name="db")
 

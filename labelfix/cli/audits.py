@@ -40,3 +40,6 @@ def audits(
     numeric = {"Audit", "Ver", "Rows", "Flagged", "Acc"}
     console.print(fixed_table(headers, cells, width=console.width, right_aligned=numeric,
                               wrap_last=True))
+    for r in rows:
+        if r.report:
+            typer.echo(f"Report of audit {r.audit_id}: {r.report}")

@@ -59,7 +59,7 @@ def _versions(ctx: typer.Context, dataset: str | None, *, as_json: bool) -> None
             {"dataset": e.dataset, "version": e.version, "parent": e.parent, "rows": e.rows,
              "corrections_applied": e.corrections_applied,
              "discarded_dropped": e.discarded_dropped, "path": e.location, "format": e.format,
-             "created_at": e.created_at}
+             "created_at": e.created_at, "report": e.report}
             for e in entries
         ])
         return
@@ -76,3 +76,6 @@ def _versions(ctx: typer.Context, dataset: str | None, *, as_json: bool) -> None
     console = stdout_console()
     console.print(fixed_table(headers, cells, width=console.width, wrap_last=True,
                               right_aligned={"Version", "Rows", "Corrections", "Dropped"}))
+    for e in entries:
+        if e.report:
+            typer.echo(f"Report of version {e.version} of {e.dataset}: {e.report}")

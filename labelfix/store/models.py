@@ -299,3 +299,16 @@ class Correction(Base):
     # The dataset version that first contains this correction; None until it is exported.
     version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Report(Base):
+    """Where a report of an audit was written (an audit may be reported more than once)."""
+
+    __tablename__ = "reports"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    audit_id: Mapped[int] = mapped_column(ForeignKey("audits.id"), index=True)
+    path: Mapped[str] = mapped_column(Text)
+    png_dir: Mapped[str | None] = mapped_column(Text)
+    labelfix_version: Mapped[str] = mapped_column(String(40))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

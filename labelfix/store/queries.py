@@ -187,6 +187,7 @@ class AuditRow:
     created_at: datetime
     accuracy: float | None
     filter_by: str | None
+    report: str | None = None
 
 
 def list_audits(session: Session, *, dataset: str | None = None) -> list[AuditRow]:
@@ -199,15 +200,28 @@ def list_audits(session: Session, *, dataset: str | None = None) -> list[AuditRo
     )
     if dataset is not None:
         query = query.where(Dataset.name == dataset)
+    reports = latest_reports(session)
     return [
         AuditRow(
             audit_id=audit.id, dataset=name, version=version, model=audit.model,
             total=audit.total, candidates=audit.candidates, status=effective_status(audit),
             created_at=audit.created_at, accuracy=audit.accuracy,
             filter_by=(audit.parameters or {}).get("filter_by"),
+            report=reports.get(audit.id),
         )
         for audit, name, version in session.execute(query)
     ]
+
+
+def latest_reports(session: Session) -> dict[int, str]:
+    """The path of the newest report of each audit that has one."""
+    from labelfix.store.models import Report
+
+    found: dict[int, str] = {}
+    for audit_id, path in session.execute(
+            select(Report.audit_id, Report.path).order_by(Report.id)):
+        found[audit_id] = path
+    return found
 
 
 def list_candidates(session: Session, *, audit_id: int, limit: int | None = None
