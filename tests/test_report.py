@@ -16,13 +16,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labelfix.cli import app
-from labelfix.cli.report import report
-
-# Until the command is registered in labelfix/cli/__init__.py; harmless afterwards.
-if not any(c.name == "report" for c in app.registered_commands):
-    app.command("report")(report)
-
 SECTIONS = ["summary", "noise_matrix", "label_quality", "class_pairs", "review", "annotators",
             "facts"]
 FIGURES = {"noise_matrix", "label_quality", "class_pairs", "review", "annotators"}
