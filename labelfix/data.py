@@ -400,6 +400,8 @@ def _text_array(table: pa.Table, column: str, source: str) -> pa.Array:
     import pyarrow.compute as pc
 
     array = table.column(column).combine_chunks()
+    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        array = _decode_utf8(array, f"text column {column!r} of {source}")
     if not (pa.types.is_string(array.type) or pa.types.is_large_string(array.type)):
         if pa.types.is_null(array.type):
             raise DataError(f"text column {column!r} of {source} is empty in every row; "
@@ -420,6 +422,17 @@ def _text_array(table: pa.Table, column: str, source: str) -> pa.Array:
     return array
 
 
+def _decode_utf8(array: pa.Array, what: str) -> pa.Array:
+    """Bytes that a reader could not decode (pyarrow keeps them as binary) as text, or a
+    DataError saying the file is not UTF-8."""
+    import pyarrow as pa
+
+    try:
+        return array.cast(pa.string())
+    except pa.ArrowInvalid:
+        raise DataError(f"{what} is not UTF-8 text; re-save the file as UTF-8") from None
+
+
 def _encode_labels(
     column: pa.ChunkedArray,
     name: str,
@@ -431,6 +444,8 @@ def _encode_labels(
     import pyarrow as pa
 
     array = column.combine_chunks()
+    if pa.types.is_binary(array.type) or pa.types.is_large_binary(array.type):
+        array = _decode_utf8(array, f"label column {name!r} of {source}")
     if array.null_count:
         rows = np.flatnonzero(array.is_null().to_numpy(zero_copy_only=False))
         raise DataError(f"label column {name!r} is missing in {len(rows)} row(s): "

@@ -272,14 +272,20 @@ def import_sheet(store: Store, path: Path, *, dataset: str | None = None,
 
     if not path.is_file():
         raise DataError(f"{path} does not exist; write one with `labelfix review --sheet {path}`")
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle)
-        missing = [c for c in ("row", "text", "verdict", "label") if c not in (reader.fieldnames
-                                                                              or [])]
-        if missing:
-            raise DataError(f"{path} lacks the column(s) {', '.join(missing)}; keep the columns "
-                            "that labelfix review --sheet wrote")
-        lines = list(enumerate(reader, start=2))
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as handle:
+            reader = csv.DictReader(handle)
+            missing = [c for c in ("row", "text", "verdict", "label")
+                       if c not in (reader.fieldnames or [])]
+            if missing:
+                raise DataError(f"{path} lacks the column(s) {', '.join(missing)}; keep the "
+                                "columns that labelfix review --sheet wrote")
+            lines = list(enumerate(reader, start=2))
+    except UnicodeDecodeError:
+        raise DataError(f"{path} is not UTF-8 text; save it as \"CSV UTF-8\" (Excel) or "
+                        "\"Text CSV\" with UTF-8 (LibreOffice)") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable CSV ({exc}); save it as CSV") from None
     with store.session() as session:
         found = resolve_dataset(session, dataset)
         names = list(found.label_names)

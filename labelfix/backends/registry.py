@@ -7,7 +7,7 @@ from labelfix.backends.http import HttpSettings
 from labelfix.errors import UsageError
 from labelfix.events import Event, EventCallback, ignore
 
-SERVER_BACKENDS = ("rubrix", "argilla")
+SERVER_BACKENDS = ("rubrix", "argilla", "label-studio")
 
 
 def open_backend(
@@ -34,5 +34,9 @@ def open_backend(
         from labelfix.backends.argilla import ArgillaBackend
 
         return ArgillaBackend.from_env(settings=settings)
+    if name == "label-studio":
+        from labelfix.backends.label_studio import LabelStudioBackend
+
+        return LabelStudioBackend.from_env(settings=settings)
     raise UsageError(f"--backend {name!r}: choose one of {', '.join(SERVER_BACKENDS)}, "
                      "sheet or local")

@@ -11,8 +11,9 @@ from labelfix.cli._common import ProgressReporter, errors_to_exit, get_store, pr
 BACKEND_HELP = (
     "The review backend: rubrix (RUBRIX_API_URL, RUBRIX_API_KEY, RUBRIX_WORKSPACE; also "
     "Argilla 1.x servers), argilla (Argilla 2.x: ARGILLA_API_URL, ARGILLA_API_KEY, "
-    "ARGILLA_WORKSPACE), sheet (with --sheet: import a filled-in sheet, or write one with "
-    "--push-only), local (labelfix review records verdicts as they are made: nothing to sync)."
+    "ARGILLA_WORKSPACE), label-studio (LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY: a legacy API "
+    "token), sheet (with --sheet: import a filled-in sheet, or write one with --push-only), "
+    "local (labelfix review records verdicts as they are made: nothing to sync)."
 )
 
 
