@@ -50,20 +50,35 @@ class _RedactingFormatter:
 
 
 def setup_logging(verbose: bool) -> None:
-    """--verbose: what labelfix and its HTTP client do, on stderr, keys masked."""
+    """--verbose: what labelfix and its HTTP client do, on stderr, keys masked.
+
+    Without it, labelfix's handlers are removed, so that a verbose run earlier in the same
+    process (tests, notebooks) leaves nothing behind.
+    """
     import logging
 
-    if not verbose:
-        return
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_RedactingFormatter(logging.Formatter(  # type: ignore[arg-type]
-        "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")))
-    handler.labelfix = True  # type: ignore[attr-defined]
+    class _Stderr(logging.StreamHandler):  # type: ignore[type-arg]
+        """Writes to whatever sys.stderr is now, not what it was when the handler was made."""
+
+        @property  # type: ignore[override]
+        def stream(self) -> Any:
+            return sys.stderr
+
+        @stream.setter
+        def stream(self, value: Any) -> None:
+            pass
+
     for name in ("labelfix", "httpx", "httpcore"):
         logger = logging.getLogger(name)
-        # One handler, on the stderr of this run (tests run many commands in one process).
         for old in [h for h in logger.handlers if getattr(h, "labelfix", False)]:
             logger.removeHandler(old)
+        if not verbose:
+            logger.setLevel(logging.NOTSET)
+            continue
+        handler = _Stderr()
+        handler.labelfix = True  # type: ignore[attr-defined]
+        handler.setFormatter(_RedactingFormatter(logging.Formatter(  # type: ignore[arg-type]
+            "%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")))
         logger.setLevel(logging.DEBUG if name == "labelfix" else logging.INFO)
         logger.addHandler(handler)
 
