@@ -28,7 +28,8 @@ from labelfix.detect import (
 )
 from labelfix.errors import UsageError
 from labelfix.events import Event, EventCallback, Task, ignore
-from labelfix.models import baseline, precomputed
+from labelfix.models import baseline, inference, precomputed
+from labelfix.models.inference import InferenceOptions
 from labelfix.store import Store
 from labelfix.store import probabilities as stored_probs
 from labelfix.store.models import Audit, Candidate, ProbabilitySet, utcnow
@@ -78,6 +79,9 @@ class _ProbabilityPlan:
     source_key: str
     matrix: np.ndarray | None
     parameters: dict[str, object]
+    options: InferenceOptions | None = None
+    revision: str | None = None
+    embedding_key: str | None = None
 
 
 def run_scan(
@@ -88,6 +92,8 @@ def run_scan(
     probs_file: str | Path | None = None,
     folds: int = 5,
     seed: int = 0,
+    model: InferenceOptions | None = None,
+    embed: InferenceOptions | None = None,
     filter_by: str = DEFAULT_FILTER_BY,
     rank_by: str = DEFAULT_RANK_BY,
     top: int = 20,
@@ -96,7 +102,9 @@ def run_scan(
     """Scan a dataset for label errors and record the audit.
 
     Probabilities come from ``probs_file`` ((N, K) .npy/.csv/.parquet), from
-    ``spec.probs_column``, or else from the cross-validated TF-IDF baseline with ``folds`` folds.
+    ``spec.probs_column``, from a transformers classifier (``model``), from out-of-fold
+    logistic regression on a transformers encoder's embeddings (``embed``, ``folds`` folds),
+    or else from the cross-validated TF-IDF baseline with ``folds`` folds.
 
     Raises:
         DataError, ProbabilitiesError, UsageError: bad input (nothing is written).
@@ -104,8 +112,10 @@ def run_scan(
     """
     check_options(filter_by=filter_by, rank_by=rank_by)
     preload()
-    if probs_file is not None and spec.probs_column is not None:
-        raise UsageError("--probs and --probs-column both give probabilities; pass only one")
+    given = [name for name, value in (("--probs", probs_file), ("--probs-column",
+             spec.probs_column), ("--model", model), ("--embed", embed)) if value is not None]
+    if len(given) > 1:
+        raise UsageError(f"{' and '.join(given)} each give probabilities; pass only one")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     with Task(on_event, "Loading data", total=None):
@@ -113,7 +123,7 @@ def run_scan(
     timings["load"] = time.perf_counter() - started
 
     plan = _plan_probabilities(view, probs_file=probs_file, folds=folds, seed=seed,
-                               on_event=on_event)
+                               model=model, embed=embed, on_event=on_event)
     parameters = {"filter_by": filter_by, "rank_by": rank_by, **plan.parameters}
 
     info = DatasetInfo(
@@ -151,6 +161,7 @@ def run_scan(
             prob_source=plan.kind, parameters=parameters, labelfix_version=__version__,
             cleanlab_version=library_version(), total=view.n_rows,
             probability_set_id=existing.id if existing else None,
+            model_revision=plan.revision,
             probabilities_reused=existing is not None, timings={}, worker=worker_id(),
         )
         session.add(audit)
@@ -171,7 +182,7 @@ def run_scan(
 
 def _plan_probabilities(
     view: DataView, *, probs_file: str | Path | None, folds: int, seed: int,
-    on_event: EventCallback,
+    model: InferenceOptions | None, embed: InferenceOptions | None, on_event: EventCallback,
 ) -> _ProbabilityPlan:
     if probs_file is not None:
         with Task(on_event, "Reading probabilities", total=None):
@@ -191,10 +202,32 @@ def _plan_probabilities(
         return _ProbabilityPlan("column", f"column:{column_name(view)}",
                                 precomputed.content_key(matrix), matrix,
                                 {"probs_column": column_name(view)})
+    if model is not None:
+        with Task(on_event, "Opening the model", total=None):
+            key, revision = inference.classifier_key(model, view.label_names, on_event=on_event)
+        return _ProbabilityPlan("model", model.model, key, None, _inference_parameters(model),
+                                options=model, revision=revision)
+    if embed is not None:
+        baseline.check_folds(view.labels, view.label_names, folds=folds)
+        with Task(on_event, "Opening the encoder", total=None):
+            vectors_key = inference.embedding_key(embed, on_event=on_event)
+        return _ProbabilityPlan(
+            "embed", f"embed:{embed.model} ({folds}-fold)",
+            f"{vectors_key}|logreg:folds={folds}:seed={seed}", None,
+            {**_inference_parameters(embed), "folds": folds, "seed": seed}, options=embed,
+            embedding_key=vectors_key,
+        )
     baseline.check_folds(view.labels, view.label_names, folds=folds)
     return _ProbabilityPlan("baseline", baseline.describe(folds=folds),
                             baseline.source_key(folds=folds, seed=seed), None,
                             {"folds": folds, "seed": seed})
+
+
+def _inference_parameters(options: InferenceOptions) -> dict[str, object]:
+    return {"model": options.model, "revision": options.revision,
+            "label_map": dict(options.label_map), "batch_size": options.batch_size,
+            "max_length": options.max_length, "device": options.device,
+            "precision": options.precision, "quantize": options.quantize}
 
 
 def worker_id() -> str:
@@ -223,7 +256,7 @@ def _finish(
             prob_set_id = session.get_one(Audit, audit_id).probability_set_id
             matrix = stored_probs.load(session, session.get_one(ProbabilitySet, prob_set_id))
     else:
-        matrix = _compute(view, plan, on_event)
+        matrix = _compute(store, view, plan, on_event)
     if reuse:
         on_event(Event("info", message=(
             f"Reusing the probabilities stored for this data and source ({plan.model})"
@@ -244,6 +277,12 @@ def _finish(
     with Task(on_event, "Finding label issues (cleanlab)", total=None):
         detection = find_candidates(view.labels, matrix, filter_by=filter_by, rank_by=rank_by)
     timings["detect"] = time.perf_counter() - step
+    if plan.kind == "model":
+        from labelfix.models.transformers import in_sample_warning
+
+        warning = in_sample_warning(detection.accuracy)
+        if warning:
+            on_event(Event("warning", message=warning))
     if plan.kind in {"file", "column"} and detection.accuracy < 1.0 / view.n_classes:
         on_event(Event("warning", message=(
             f"the probabilities agree with only {100 * detection.accuracy:.1f}% of the labels, "
@@ -295,13 +334,43 @@ def _finish(
     )
 
 
-def _compute(view: DataView, plan: _ProbabilityPlan, on_event: EventCallback) -> np.ndarray:
+def _compute(store: Store, view: DataView, plan: _ProbabilityPlan,
+             on_event: EventCallback) -> np.ndarray:
     texts, pairs = view.text_lists()
     params = plan.parameters
+    if plan.kind == "model" and plan.options is not None:
+        return inference.classifier_probabilities(texts, pairs, plan.options, view.label_names,
+                                                  on_event=on_event)
+    if plan.kind == "embed":
+        vectors = _embeddings(store, view, plan, texts, pairs, on_event)
+        from labelfix.models.embed import out_of_fold_probabilities
+
+        return out_of_fold_probabilities(vectors, view.labels, n_classes=view.n_classes,
+                                         folds=int(params["folds"]), seed=int(params["seed"]),
+                                         on_event=on_event)
     return baseline.out_of_fold_probabilities(
         texts, view.labels, n_classes=view.n_classes, text_pairs=pairs,
         folds=int(params["folds"]), seed=int(params["seed"]), on_event=on_event,
     )
+
+
+def _embeddings(store: Store, view: DataView, plan: _ProbabilityPlan, texts: list[str],
+                pairs: list[str] | None, on_event: EventCallback) -> np.ndarray:
+    """The encoder's (N, D) embeddings of these rows: stored once per data and encoder, so
+    that another --folds or --seed does not embed again."""
+    options, key = plan.options, plan.embedding_key
+    if options is None or key is None:  # pragma: no cover -- set together by the plan
+        raise UsageError("--embed needs an encoder")
+    with store.session() as session:
+        stored = stored_probs.find(session, fingerprint=view.fingerprint, source_key=key)
+        if stored is not None:
+            on_event(Event("info", message=f"Reusing the stored embeddings of {options.model}"))
+            return stored_probs.load(session, stored)
+    vectors = inference.embed(texts, pairs, options, on_event=on_event)
+    with store.session() as session:
+        stored_probs.save(session, vectors, fingerprint=view.fingerprint, source_key=key,
+                          source=f"embeddings:{options.model}")
+    return vectors
 
 
 def _candidate_rows(view: DataView, detection: Detection, *, audit_id: int,

@@ -48,10 +48,41 @@ def scan(
     probs_column: str | None = typer.Option(
         None, "--probs-column", metavar="COL",
         help="A column of the dataset holding each row's K probabilities as a list."),
+    model: str | None = typer.Option(
+        None, "--model", metavar="ID|PATH",
+        help="A transformers sequence-classification model (hub id or local folder) whose "
+        "probabilities to use; its labels are matched to the dataset's by name."),
+    embed: str | None = typer.Option(
+        None, "--embed", metavar="ID|PATH",
+        help="A transformers encoder (sentence-transformers checkpoints too): out-of-fold "
+        "logistic regression on its embeddings, for data no fine-tuned model exists for."),
+    revision: str | None = typer.Option(
+        None, "--revision", help="With --model/--embed: the hub branch, tag or commit."),
+    label_map: str | None = typer.Option(
+        None, "--label-map", metavar="MODEL=DATASET,...",
+        help="With --model: model labels whose names differ from the dataset's."),
+    batch_size: int | None = typer.Option(
+        None, "--batch-size", min=1,
+        help="Rows per batch [default: batches sized by a token budget]."),
+    max_length: int | None = typer.Option(
+        None, "--max-length", min=1, help="Truncate texts to this many tokens "
+        "[default: the model's limit]."),
+    device: str = typer.Option("auto", "--device", metavar="cpu|cuda|auto",
+                               help="Where to run the model."),
+    precision: str = typer.Option(
+        "fp32", "--precision", metavar="fp32|bf16|fp16",
+        help="bf16 (autocast, CPU or CUDA) and fp16 (CUDA) trade a little agreement for speed."),
+    quantize: str | None = typer.Option(
+        None, "--quantize", metavar="int8",
+        help="Dynamic int8 quantization of the linear layers (CPU)."),
+    check_agreement: int = typer.Option(
+        0, "--check-agreement", metavar="N", min=0,
+        help="With --precision or --quantize: also run fp32 on N rows and report how often the "
+        "top label agrees."),
     folds: int = typer.Option(
         5, "--folds", min=2, max=50,
-        help="Folds of the cross-validated TF-IDF + logistic regression baseline, used when no "
-        "probabilities are given."),
+        help="Folds of the out-of-fold logistic regression: on TF-IDF features (the baseline, "
+        "used when nothing else gives probabilities) or on --embed embeddings."),
     filter_by: str = typer.Option("prune_by_noise_rate", "--filter-by", help=FILTER_HELP),
     rank_by: str = typer.Option("self_confidence", "--rank-by", help=RANK_HELP),
     push: str | None = typer.Option(
@@ -73,6 +104,11 @@ def scan(
     from labelfix.scan import run_scan
 
     with errors_to_exit():
+        options = _inference_options(
+            model or embed, revision=revision, label_map=label_map, batch_size=batch_size,
+            max_length=max_length, device=device, precision=precision, quantize=quantize,
+            check_agreement=check_agreement,
+        )
         spec = SourceSpec(
             source=source, split=split, config=config,
             text_columns=tuple(text_column or ()), label_column=label_column,
@@ -89,6 +125,7 @@ def scan(
             try:
                 result = run_scan(
                     store, spec, name=name, probs_file=probs, folds=folds,
+                    model=options if model else None, embed=options if embed else None,
                     filter_by=filter_by, rank_by=rank_by, top=top, on_event=reporter,
                 )
                 if backend is not None:
@@ -123,6 +160,17 @@ def scan(
         console.print(candidate_table(rows, width=console.width, title=title))
         if result.candidates > len(rows):
             typer.echo(f"All {result.candidates}: labelfix candidates {result.audit_id}")
+
+
+def _inference_options(model: str | None, *, label_map: str | None, **options: object
+                       ) -> object:
+    if model is None:
+        return None
+    from labelfix.models.inference import InferenceOptions
+    from labelfix.models.transformers import parse_label_map
+
+    return InferenceOptions(model=model, label_map=parse_label_map(label_map) if label_map
+                            else {}, **options)  # type: ignore[arg-type]
 
 
 def _parse_labels(value: str | None) -> tuple[str, ...] | None:
