@@ -19,17 +19,20 @@ from sqlalchemy.orm import Session
 from labelfix.data import text_hash
 from labelfix.errors import DataError, NotFoundError, UsageError
 from labelfix.store import Store
-from labelfix.store import probabilities as stored_probs
 from labelfix.store.models import (
     Annotation,
     Audit,
     Candidate,
-    ProbabilitySet,
     ReviewState,
     utcnow,
 )
 from labelfix.store.queries import get_audit
-from labelfix.sync import add_annotation, apply_verdicts, standing_verdicts
+from labelfix.sync import (
+    add_annotation,
+    apply_verdicts,
+    candidate_probabilities,
+    standing_verdicts,
+)
 
 LOCAL = "local"
 SHEET = "sheet"
@@ -85,7 +88,7 @@ def load_queue(store: Store, audit_id: int | None = None, *, limit: int | None =
         pending = [c for c in candidates if c.row not in standing]
         if limit is not None:
             pending = pending[:limit]
-        probs = _probabilities(session, audit, [c.row for c in pending])
+        probs = candidate_probabilities(session, audit, [c.row for c in pending])
         relabelled = sum(
             1 for c in candidates
             if c.row in standing and standing[c.row].decision == "relabel"
@@ -105,13 +108,6 @@ def load_queue(store: Store, audit_id: int | None = None, *, limit: int | None =
                 for i, c in enumerate(pending)
             ],
         )
-
-
-def _probabilities(session: Session, audit: Audit, rows: list[int]) -> np.ndarray:
-    if audit.probability_set_id is None:
-        raise NotFoundError(f"audit {audit.id} has no stored probabilities; scan again")
-    prob_set = session.get_one(ProbabilitySet, audit.probability_set_id)
-    return stored_probs.load_rows(session, prob_set, rows)
 
 
 def record(

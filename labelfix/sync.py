@@ -185,7 +185,7 @@ def _items_to_push(
     session.flush()
     if not todo:
         return []
-    probs = _candidate_probabilities(session, audit, [c.row for c in todo])
+    probs = candidate_probabilities(session, audit, [c.row for c in todo])
     return [
         PushItem(
             remote_id=remote_id(dataset_name, c.row), row=c.row, audit_id=audit.id,
@@ -198,7 +198,8 @@ def _items_to_push(
     ]
 
 
-def _candidate_probabilities(session: Session, audit: Audit, rows: list[int]) -> np.ndarray:
+def candidate_probabilities(session: Session, audit: Audit, rows: list[int]) -> np.ndarray:
+    """The audit's stored probabilities of the given rows, (len(rows), K) float32."""
     if audit.probability_set_id is None:
         raise NotFoundError(f"audit {audit.id} has no stored probabilities; scan again")
     prob_set = session.get_one(ProbabilitySet, audit.probability_set_id)

@@ -9,15 +9,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator, Sequence
-from datetime import datetime
 from typing import Any
 
 from labelfix.backends.base import (
     PullBatch,
     PushItem,
     Verdict,
-    parse_server_time,
     push_batch_size,
+    verdict_time,
 )
 from labelfix.backends.http import BackendError, HttpClient, HttpSettings
 from labelfix.errors import UsageError
@@ -233,7 +232,7 @@ class ArgillaBackend:
             label=None if discarded else str(value),
             discarded=discarded,
             annotator=self._username(str(response.get("user_id"))),
-            annotated_at=_time(updated, record),
+            annotated_at=verdict_time(updated, server="argilla", record=record.get("external_id")),
             verdict_key=f"{response.get('id')}|{status}|{value}|{updated}",
             cursor=updated,
         )
@@ -274,10 +273,3 @@ def _record(item: PushItem, setup: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-
-def _time(value: str, record: dict[str, Any]) -> datetime:
-    try:
-        return parse_server_time(value)
-    except ValueError:
-        raise BackendError(f"argilla answered record {record.get('external_id')!r} with no "
-                           f"usable time ({value!r}); its verdict cannot be ordered") from None

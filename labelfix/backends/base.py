@@ -116,6 +116,18 @@ def push_batch_size(default: int) -> int:
     return int(raw)
 
 
+def verdict_time(value: str, *, server: str, record: object) -> datetime:
+    """A verdict's server time, or a BackendError: a verdict without a usable time cannot be
+    ordered against the others."""
+    from labelfix.backends.http import BackendError
+
+    try:
+        return parse_server_time(value)
+    except ValueError:
+        raise BackendError(f"{server} answered record {record!r} with no usable time "
+                           f"({value!r}); its verdict cannot be ordered") from None
+
+
 def parse_server_time(value: str) -> datetime:
     """A server's ISO 8601 timestamp as an aware datetime (servers that omit the zone mean UTC).
 

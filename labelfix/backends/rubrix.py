@@ -17,8 +17,8 @@ from labelfix.backends.base import (
     PullBatch,
     PushItem,
     Verdict,
-    parse_server_time,
     push_batch_size,
+    verdict_time,
 )
 from labelfix.backends.http import BackendError, HttpClient, HttpSettings
 from labelfix.errors import UsageError
@@ -176,16 +176,9 @@ def _verdict(record: dict[str, Any]) -> Verdict | None:
         label=None if discarded else str(label),
         discarded=discarded,
         annotator=str(agent),
-        annotated_at=_time(updated, record),
+        annotated_at=verdict_time(updated, server="rubrix", record=record.get("id")),
         verdict_key=f"{record['id']}|{status}|{label}|{agent}|{updated}",
         cursor=updated,
     )
 
 
-
-def _time(value: str, record: dict[str, Any]) -> datetime:
-    try:
-        return parse_server_time(value)
-    except ValueError:
-        raise BackendError(f"rubrix answered record {record.get('id')!r} with no usable time "
-                           f"({value!r}); its verdict cannot be ordered") from None
