@@ -21,7 +21,12 @@ def candidates(
     as_json: bool = typer.Option(False, "--json", help="Print a JSON list on stdout."),
 ) -> None:
     """List an audit's candidates, most likely label error first."""
-    from labelfix.store.queries import get_audit, label_names_of, list_candidates
+    from labelfix.store.queries import (
+        effective_status,
+        get_audit,
+        label_names_of,
+        list_candidates,
+    )
     from labelfix.sync import review_states
 
     with errors_to_exit(), get_store(ctx).session() as session:
@@ -40,7 +45,7 @@ def candidates(
             }
             for c in listed
         ]
-        status = found.status
+        status = effective_status(found)
         audit_id = found.id
     if as_json:
         print_json(rows)
