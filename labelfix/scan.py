@@ -8,6 +8,7 @@ nothing. The audit row is committed as ``running`` before the long work starts a
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -223,6 +224,41 @@ def _plan_probabilities(
                             {"folds": folds, "seed": seed})
 
 
+class _Background:
+    """Run a function on a thread; ``join`` waits and re-raises what it raised."""
+
+    def __init__(self, function: Callable[[], None]) -> None:
+        import threading
+
+        self._error: BaseException | None = None
+
+        def target() -> None:
+            try:
+                function()
+            except BaseException as exc:  # noqa: BLE001 -- handed to join()
+                self._error = exc
+
+        self._thread = threading.Thread(target=target, name="labelfix-store", daemon=True)
+        self._thread.start()
+
+    def join(self) -> None:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+
+
+def _store_probabilities(store: Store, view: DataView, plan: _ProbabilityPlan,
+                         matrix: np.ndarray, audit_id: int) -> None:
+    """Store the matrix, committed on its own: a scan that fails later keeps it for a rerun."""
+    with store.session() as session:
+        prob_set = stored_probs.save(
+            session, matrix, fingerprint=view.fingerprint, source_key=plan.source_key,
+            source=plan.model,
+        )
+        session.get_one(Audit, audit_id).probability_set_id = prob_set.id
+    checkpoint("scan.probabilities_stored")
+
+
 def _inference_parameters(options: InferenceOptions) -> dict[str, object]:
     return {"model": options.model, "revision": options.revision,
             "label_map": dict(options.label_map), "batch_size": options.batch_size,
@@ -257,25 +293,25 @@ def _finish(
             matrix = stored_probs.load(session, session.get_one(ProbabilitySet, prob_set_id))
     else:
         matrix = _compute(store, view, plan, on_event)
+    writer: _Background | None = None
     if reuse:
         on_event(Event("info", message=(
             f"Reusing the probabilities stored for this data and source ({plan.model})"
         )))
     else:
-        # Committed on their own: a scan that fails later keeps them for the rerun.
-        with store.session() as session, Task(on_event, "Storing probabilities",
-                                              total=view.n_rows) as task:
-            prob_set = stored_probs.save(
-                session, matrix, fingerprint=view.fingerprint, source_key=plan.source_key,
-                source=plan.model, on_chunk=task.advance,
-            )
-            session.get_one(Audit, audit_id).probability_set_id = prob_set.id
+        # Written while cleanlab works: tens of megabytes of blobs are mostly I/O, and the
+        # candidates are committed only after both are done.
+        writer = _Background(lambda: _store_probabilities(store, view, plan, matrix, audit_id))
     timings["probabilities"] = time.perf_counter() - step
-    checkpoint("scan.probabilities_stored")
 
     step = time.perf_counter()
-    with Task(on_event, "Finding label issues (cleanlab)", total=None):
-        detection = find_candidates(view.labels, matrix, filter_by=filter_by, rank_by=rank_by)
+    try:
+        with Task(on_event, "Finding label issues (cleanlab)", total=None):
+            detection = find_candidates(view.labels, matrix, filter_by=filter_by,
+                                        rank_by=rank_by)
+    finally:
+        if writer is not None:
+            writer.join()
     timings["detect"] = time.perf_counter() - step
     if plan.kind == "model":
         from labelfix.models.transformers import in_sample_warning
