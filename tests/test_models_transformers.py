@@ -393,3 +393,14 @@ def test_importing_the_module_does_not_import_torch() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_folder_under_home_is_found(
+    classifier_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(classifier_dir.parent))
+    result = predict_probabilities(
+        ["a"], None, model=f"~/{classifier_dir.name}", label_names=LABELS, device="cpu"
+    )
+    assert result.probs.shape == (1, len(LABELS))
+    assert result.model == f"~/{classifier_dir.name}"

@@ -36,12 +36,12 @@ from labelfix.models.transformers import (
 if TYPE_CHECKING:
     import torch
 
-# Inverse regularisation of the logistic regression. Unit-length embeddings have small
-# coordinates, so sklearn's default C=1 underfits them; 10 measured best on AG News with
-# all-MiniLM-L6-v2 (out-of-fold accuracy 1, 10, 100: see benchmarks/bench_inference.py).
-LOGREG_C = 10.0
-# lbfgs converges on a few hundred dimensions within a few hundred steps; the margin avoids
-# ConvergenceWarnings on harder data.
+# Inverse regularisation of the logistic regression. On AG News test embedded with
+# all-MiniLM-L6-v2, 5-fold accuracy was flat around C=1 (88.2% at 0.3 and 1, 88.1% at 2,
+# 88.0% at 3) and fell with weaker regularisation (87.4% at 10, 86.1% at 100).
+LOGREG_C = 1.0
+# sklearn's default of 100 iterations can stop lbfgs short on hundreds of dense dimensions; a
+# fold that still does not converge within this margin is reported as a warning.
 LOGREG_MAX_ITER = 2000
 POOLING = "mean-l2"
 
