@@ -1,10 +1,18 @@
-"""Shared fixtures: a temp database per test, the CLI, seeded synthetic datasets."""
+"""Shared fixtures: a temp database per test, the CLI, seeded synthetic datasets.
+
+``db`` is a SQLite file by default. Tests marked ``@both_backends`` run twice, with ids
+``sqlite`` and ``postgresql``: the second gets a fresh PostgreSQL database of its own on the
+server named by ``LABELFIX_TEST_POSTGRES_URL`` (created empty, so labelfix builds the schema as
+it does for users, and dropped afterwards), and skips when the variable is not set.
+"""
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,9 +42,98 @@ def _isolated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf_home"))
 
 
+POSTGRES_URL_VARIABLE = "LABELFIX_TEST_POSTGRES_URL"
+BACKENDS = [pytest.param("sqlite", id="sqlite"), pytest.param("postgresql", id="postgresql")]
+# Runs a test against SQLite and against PostgreSQL (through the ``db`` fixture).
+both_backends = pytest.mark.parametrize("db", BACKENDS, indirect=True)
+
+
+@dataclass(frozen=True)
+class PostgresDatabase:
+    """A database of its own on the test PostgreSQL server; ``str()`` is what --db takes."""
+
+    url: str
+
+    def __str__(self) -> str:
+        return self.url
+
+
+Database = Path | PostgresDatabase
+
+
+def postgres_server_url() -> str:
+    """The test server's URL, or a skip that says how to give one."""
+    url = os.environ.get(POSTGRES_URL_VARIABLE)
+    if not url:
+        pytest.skip(f"no PostgreSQL server: set {POSTGRES_URL_VARIABLE} to a URL like "
+                    "postgresql+psycopg://postgres@127.0.0.1:5432/postgres (.ci/run starts one)")
+    return url
+
+
+@contextmanager
+def fresh_postgres_database() -> Iterator[PostgresDatabase]:
+    """An empty database on the test server, dropped afterwards with whatever is connected."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.pool import NullPool
+
+    server = make_url(postgres_server_url())
+    name = f"labelfix_t_{uuid.uuid4().hex[:16]}"
+    admin = create_engine(server, poolclass=NullPool, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as connection:
+            connection.execute(text(f'CREATE DATABASE "{name}"'))
+        try:
+            yield PostgresDatabase(server.set(database=name).render_as_string(
+                hide_password=False))
+        finally:
+            with admin.connect() as connection:
+                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
 @pytest.fixture()
-def db(tmp_path: Path) -> Path:
-    return tmp_path / "labelfix.db"
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """The test's database: a SQLite file, or with ``@both_backends`` also PostgreSQL."""
+    if getattr(request, "param", "sqlite") == "sqlite":
+        yield tmp_path / "labelfix.db"
+        return
+    with fresh_postgres_database() as database:
+        yield database
+
+
+def db_rows(db: Database, sql: str) -> list[tuple]:
+    """The rows an SQL statement gives (committed), on either kind of test database."""
+    if isinstance(db, PostgresDatabase):
+        from sqlalchemy import create_engine, text
+        from sqlalchemy.pool import NullPool
+
+        engine = create_engine(db.url, poolclass=NullPool)
+        try:
+            with engine.begin() as connection:
+                result = connection.execute(text(sql))
+                return [tuple(r) for r in result] if result.returns_rows else []
+        finally:
+            engine.dispose()
+    import sqlite3
+
+    with sqlite3.connect(db) as connection:
+        return [tuple(r) for r in connection.execute(sql)]
+
+
+def db_count(db: Database, sql: str) -> int:
+    return int(db_rows(db, sql)[0][0])
+
+
+def db_bytes(db: Database) -> bytes:
+    """Everything the database holds, to search for what must never be stored (keys)."""
+    if isinstance(db, PostgresDatabase):
+        tables = [r[0] for r in db_rows(db, "select tablename from pg_tables "
+                                            "where schemaname = 'public'")]
+        return "\n".join(str(row) for table in tables
+                         for row in db_rows(db, f'select * from "{table}"')).encode()
+    return b"".join(path.read_bytes() for path in sorted(db.parent.glob(f"{db.name}*")))
 
 
 @dataclass
@@ -50,7 +147,7 @@ class Result:
 
 
 @pytest.fixture()
-def run(db: Path) -> Callable[..., Result]:
+def run(db: Database) -> Callable[..., Result]:
     """Run the labelfix CLI in-process against the test's database."""
 
     def invoke(*args: str, input: str | None = None) -> Result:
@@ -144,19 +241,18 @@ def probs_npy(tmp_path: Path, synthetic: Synthetic) -> Path:
     return path
 
 
-def db_exists_with_data(db: Path) -> bool:
+def db_exists_with_data(db: Database) -> bool:
     """Whether the store holds any dataset or audit (used to prove nothing was written)."""
-    if not db.exists():
+    if isinstance(db, PostgresDatabase):
+        tables = {r[0] for r in db_rows(db, "select tablename from pg_tables")}
+    elif not db.exists():
         return False
-    import sqlite3
-
-    with sqlite3.connect(db) as connection:
-        tables = {r[0] for r in connection.execute("select name from sqlite_master")}
-        if "audits" not in tables:
-            return False
-        audits = connection.execute("select count(*) from audits").fetchone()[0]
-        datasets = connection.execute("select count(*) from datasets").fetchone()[0]
-    return bool(audits or datasets)
+    else:
+        tables = {r[0] for r in db_rows(db, "select name from sqlite_master")}
+    if "audits" not in tables:
+        return False
+    return bool(db_count(db, "select count(*) from audits")
+                or db_count(db, "select count(*) from datasets"))
 
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

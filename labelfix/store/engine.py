@@ -21,10 +21,18 @@ from labelfix.errors import StoreError
 
 DEFAULT_DB = "labelfix.db"
 BUSY_TIMEOUT_MS = 30_000
+PG_CONNECT_TIMEOUT_S = 10
+# Key of the PostgreSQL advisory lock that serialises schema changes: two labelfix processes
+# opening one new database would otherwise both create the tables (SQLite's BEGIN IMMEDIATE
+# does this there). Any fixed 64-bit number; this one spells "lbfx".
+SCHEMA_LOCK_KEY = 0x6C626678
 
 
 def resolve_url(db: str | os.PathLike[str] | None) -> str:
     """Turn ``--db`` (a SQLAlchemy URL or a file path) into a URL; None means ``./labelfix.db``.
+
+    ``postgresql://`` and ``postgres://`` URLs get the psycopg 3 driver, the one that
+    ``labelfix[postgres]`` installs and that labelfix is tested with.
 
     Raises:
         StoreError: the value is neither a URL SQLAlchemy knows nor a usable path.
@@ -33,24 +41,34 @@ def resolve_url(db: str | os.PathLike[str] | None) -> str:
     if "://" in raw:
         from sqlalchemy.exc import NoSuchModuleError
 
+        scheme, rest = raw.split("://", 1)
+        if scheme in ("postgresql", "postgres"):
+            raw = f"postgresql+psycopg://{rest}"
         try:
             make_url(raw).get_dialect()
         except NoSuchModuleError:
-            raise StoreError(f"--db {raw!r}: SQLAlchemy knows no database of that kind; pass a "
-                             "file path or a URL like sqlite:///labelfix.db") from None
+            raise StoreError(f"--db {redact(raw)}: SQLAlchemy knows no database of that kind; "
+                             "pass a file path or a URL like sqlite:///labelfix.db or "
+                             "postgresql+psycopg://user@host/labelfix") from None
         except ArgumentError as exc:
-            raise StoreError(f"--db {raw!r} is not a valid database URL ({exc}); "
+            raise StoreError(f"--db {redact(raw)} is not a valid database URL ({exc}); "
                              "pass a file path or a URL like sqlite:///labelfix.db") from None
         return raw
     return f"sqlite:///{Path(raw).expanduser().resolve()}"
 
 
 def redact(url: str) -> str:
-    """The URL with any password hidden, for messages."""
+    """The URL with any password hidden, for messages (also when it does not parse)."""
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
-        return url
+        import re
+
+        return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
+
+
+def is_postgresql(url: str) -> bool:
+    return make_url(url).get_backend_name() == "postgresql"
 
 
 def migrations_dir() -> Path:
@@ -145,12 +163,29 @@ class Store:
         return self._engine
 
     def _connect(self) -> Engine:
-        is_sqlite = make_url(self.url).get_backend_name() == "sqlite"
+        parsed = make_url(self.url)
+        is_sqlite = parsed.get_backend_name() == "sqlite"
         if is_sqlite:
             _check_sqlite_path(self.url)
+        options: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() == "psycopg":
+            # Without a timeout a server that drops packets hangs the command for minutes.
+            options["connect_args"] = {"connect_timeout": PG_CONNECT_TIMEOUT_S,
+                                       "application_name": "labelfix"}
+            options["connect_args"].update(
+                {k: v for k, v in parsed.query.items() if k in options["connect_args"]})
         try:
-            engine = create_engine(self.url)
-        except (ArgumentError, ImportError) as exc:
+            engine = create_engine(self.url, **options)
+        except ImportError as exc:
+            driver = parsed.get_driver_name()
+            if parsed.get_backend_name() == "postgresql" and driver == "psycopg":
+                raise StoreError(f"cannot use database {redact(self.url)}: the PostgreSQL driver "
+                                 "psycopg is not installed; pip install 'labelfix[postgres]'"
+                                 ) from None
+            raise StoreError(f"cannot use database {redact(self.url)}: its driver {driver} is "
+                             f"not installed ({exc}); install it or pass --db with "
+                             "another URL") from None
+        except ArgumentError as exc:
             raise StoreError(f"cannot use database {redact(self.url)}: {exc}") from None
         if is_sqlite:
             _sqlite_settings(engine)
@@ -178,6 +213,10 @@ class Store:
 
 def _translate(exc: SQLAlchemyError, url: str) -> StoreError:
     text = str(getattr(exc, "orig", exc))
+    password = make_url(url).password if "://" in url else None
+    if password:
+        # Drivers may echo connection details; the password is never shown.
+        text = text.replace(str(password), "***")
     where = redact(url)
     if "readonly" in text or "read-only" in text:
         return StoreError(f"database {where} cannot be written ({text}); "
@@ -189,6 +228,15 @@ def _translate(exc: SQLAlchemyError, url: str) -> StoreError:
         return StoreError(f"database {where} stayed locked by another labelfix process for "
                           f"{BUSY_TIMEOUT_MS // 1000} s; try again when it has finished",
                           exit_code=1)
+    if "does not exist" in text and "database" in text:
+        name = make_url(url).database
+        return StoreError(f"database {where} does not exist on the server ({' '.join(text.split())}"
+                          f"); create it first (createdb {name}) or pass --db with another URL",
+                          exit_code=1)
+    if "connection" in text and ("failed" in text or "refused" in text or "timeout" in text):
+        return StoreError(f"cannot connect to database {where} ({' '.join(text.split())}); "
+                          "check that the server is running and the URL, user and password "
+                          "are right", exit_code=1)
     return StoreError(f"database {where} failed: {text}", exit_code=1)
 
 
@@ -233,6 +281,7 @@ def upgrade(engine: Engine, url: str) -> None:
 
     try:
         with engine.begin() as connection:
+            _lock_schema(connection)
             tables = set(inspect(connection).get_table_names())
             current = None
             if "alembic_version" in tables:
@@ -260,6 +309,17 @@ def upgrade(engine: Engine, url: str) -> None:
     migrate(engine, url, current=current)
 
 
+def _lock_schema(connection: Any) -> None:
+    """On PostgreSQL, wait for any other labelfix creating or upgrading this database.
+
+    Held until the transaction ends; SQLite's BEGIN IMMEDIATE already serialises this.
+    """
+    if connection.dialect.name == "postgresql":
+        from sqlalchemy import text
+
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+
+
 def migrate(engine: Engine, url: str, *, current: str | None) -> None:
     """Run the Alembic migrations from ``current`` to the head.
 
@@ -285,6 +345,7 @@ def migrate(engine: Engine, url: str, *, current: str | None) -> None:
     config = alembic_config(url)
     try:
         with engine.begin() as connection:
+            _lock_schema(connection)
             config.attributes["connection"] = connection
             command.upgrade(config, "head")
     except OperationalError as exc:
