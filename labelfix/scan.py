@@ -24,13 +24,15 @@ from labelfix.detect import (
     Detection,
     check_options,
     find_candidates,
+    find_candidates_low_memory,
     library_version,
+    low_memory_threshold,
     preload,
 )
 from labelfix.errors import UsageError
 from labelfix.events import Event, EventCallback, Task, ignore
 from labelfix.models import baseline, inference, precomputed
-from labelfix.models.inference import InferenceOptions
+from labelfix.models.inference import EngineOptions, InferenceOptions
 from labelfix.store import Store
 from labelfix.store import probabilities as stored_probs
 from labelfix.store.models import Audit, Candidate, ProbabilitySet, utcnow
@@ -69,6 +71,7 @@ class ScanResult:
     probabilities_reused: bool
     skipped_reviewed: int = 0
     top: list[CandidateView] = field(default_factory=list)
+    approximation: str | None = None
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,11 @@ def run_scan(
     seed: int = 0,
     model: InferenceOptions | None = None,
     embed: InferenceOptions | None = None,
+    engine: EngineOptions | None = None,
     filter_by: str = DEFAULT_FILTER_BY,
     rank_by: str = DEFAULT_RANK_BY,
+    low_memory: bool = False,
+    low_memory_above: str | None = None,
     top: int = 20,
     on_event: EventCallback = ignore,
 ) -> ScanResult:
@@ -105,13 +111,26 @@ def run_scan(
     Probabilities come from ``probs_file`` ((N, K) .npy/.csv/.parquet), from
     ``spec.probs_column``, from a transformers classifier (``model``), from out-of-fold
     logistic regression on a transformers encoder's embeddings (``embed``, ``folds`` folds),
-    or else from the cross-validated TF-IDF baseline with ``folds`` folds.
+    or else from the cross-validated TF-IDF baseline with ``folds`` folds. ``engine`` runs
+    ``model``/``embed`` locally or on a Ray actor pool (same probabilities, same cache key).
+    With ``low_memory``, or when the (N, K) float32 matrix is larger than
+    ``low_memory_above`` (a size such as "2GB"; default LABELFIX_LOW_MEMORY_ABOVE or 2 GiB),
+    candidates come from cleanlab's batched estimate over a memory-mapped copy, and the result
+    and the audit's parameters say so.
 
     Raises:
         DataError, ProbabilitiesError, UsageError: bad input (nothing is written).
         StoreError: the database cannot be opened or written.
     """
     check_options(filter_by=filter_by, rank_by=rank_by)
+    threshold = low_memory_threshold(low_memory_above)
+    if engine is not None:
+        engine.check()
+        if engine.name != "local":
+            if model is None and embed is None:
+                raise UsageError(f"--engine {engine.name} runs a model: add --model or --embed")
+            model = replace(model, engine=engine) if model is not None else None
+            embed = replace(embed, engine=engine) if embed is not None else None
     preload()
     given = [name for name, value in (("--probs", probs_file), ("--probs-column",
              spec.probs_column), ("--model", model), ("--embed", embed)) if value is not None]
@@ -175,6 +194,7 @@ def run_scan(
         return _finish(store, view, plan, dataset_name=info.name, audit_id=audit_id,
                        version=version_number, row_map=row_map, reviewed=reviewed,
                        reuse=existing is not None, filter_by=filter_by, rank_by=rank_by,
+                       low_memory=low_memory, low_memory_above=threshold,
                        top=top, timings=timings, started=started, on_event=on_event)
     except BaseException as exc:
         _mark_failed(store, audit_id, exc)
@@ -260,10 +280,17 @@ def _store_probabilities(store: Store, view: DataView, plan: _ProbabilityPlan,
 
 
 def _inference_parameters(options: InferenceOptions) -> dict[str, object]:
-    return {"model": options.model, "revision": options.revision,
-            "label_map": dict(options.label_map), "batch_size": options.batch_size,
-            "max_length": options.max_length, "device": options.device,
-            "precision": options.precision, "quantize": options.quantize}
+    parameters: dict[str, object] = {
+        "model": options.model, "revision": options.revision,
+        "label_map": dict(options.label_map), "batch_size": options.batch_size,
+        "max_length": options.max_length, "device": options.device,
+        "precision": options.precision, "quantize": options.quantize,
+    }
+    if options.engine.name != "local":
+        # Recorded, not keyed: a ray scan's probabilities are the local engine's.
+        parameters.update(engine=options.engine.name, num_workers=options.engine.num_workers,
+                          num_gpus_per_worker=options.engine.num_gpus_per_worker)
+    return parameters
 
 
 def worker_id() -> str:
@@ -281,8 +308,8 @@ def column_name(view: DataView) -> str:
 def _finish(
     store: Store, view: DataView, plan: _ProbabilityPlan, *, dataset_name: str, audit_id: int,
     version: int, row_map: np.ndarray | None, reviewed: set[int],
-    reuse: bool, filter_by: str, rank_by: str, top: int, timings: dict[str, float],
-    started: float, on_event: EventCallback,
+    reuse: bool, filter_by: str, rank_by: str, low_memory: bool, low_memory_above: int,
+    top: int, timings: dict[str, float], started: float, on_event: EventCallback,
 ) -> ScanResult:
     step = time.perf_counter()
     if plan.matrix is not None:
@@ -306,9 +333,13 @@ def _finish(
 
     step = time.perf_counter()
     try:
-        with Task(on_event, "Finding label issues (cleanlab)", total=None):
-            detection = find_candidates(view.labels, matrix, filter_by=filter_by,
-                                        rank_by=rank_by)
+        if low_memory or matrix.nbytes > low_memory_above:
+            with Task(on_event, "Finding label issues (cleanlab, batched)", total=None):
+                detection = _detect_low_memory(view.labels, matrix, rank_by=rank_by)
+        else:
+            with Task(on_event, "Finding label issues (cleanlab)", total=None):
+                detection = find_candidates(view.labels, matrix, filter_by=filter_by,
+                                            rank_by=rank_by)
     finally:
         if writer is not None:
             writer.join()
@@ -353,6 +384,11 @@ def _finish(
         audit.label_quality = np.ascontiguousarray(detection.label_quality,
                                                    dtype="<f4").tobytes()
         audit.timings = {key: round(value, 4) for key, value in timings.items()}
+        if detection.approximation is not None:
+            # A new dict: the JSON column notices reassignment, not mutation.
+            audit.parameters = {**(audit.parameters or {}),
+                                "approximation": detection.approximation,
+                                "low_memory_above": low_memory_above}
         audit.finished_at = utcnow()
         checkpoint("scan.before_commit")
     names = view.label_names
@@ -360,6 +396,7 @@ def _finish(
         audit_id=audit_id, dataset=dataset_name, version=version, total=view.n_rows,
         candidates=len(rows), model=plan.model, filter_by=filter_by, rank_by=rank_by,
         accuracy=detection.accuracy, probabilities_reused=reuse, skipped_reviewed=skipped,
+        approximation=detection.approximation,
         top=[
             CandidateView(rank=r["rank"], row=r["row"], text=r["text"],
                           given_label=names[r["given_label"]],
@@ -368,6 +405,22 @@ def _finish(
             for r in rows[:top]
         ],
     )
+
+
+def _detect_low_memory(labels: np.ndarray, matrix: np.ndarray, *, rank_by: str) -> Detection:
+    """Candidates from cleanlab's batched estimate over a memory-mapped copy of ``matrix``
+    ((N, K) float32): its chunks are read from disk, so cleanlab's working memory is a chunk's,
+    not a multiple of the whole matrix's."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="labelfix-probs-") as folder:
+        path = Path(folder) / "pred_probs.npy"
+        np.save(path, np.asarray(matrix, dtype=np.float32))
+        mapped = np.load(path, mmap_mode="r")
+        try:
+            return find_candidates_low_memory(labels, mapped, rank_by=rank_by)
+        finally:
+            del mapped  # closes the map before its folder is removed
 
 
 def _compute(store: Store, view: DataView, plan: _ProbabilityPlan,

@@ -79,6 +79,30 @@ def scan(
         0, "--check-agreement", metavar="N", min=0,
         help="With --precision or --quantize: also run fp32 on N rows and report how often the "
         "top label agrees."),
+    engine: str = typer.Option(
+        "local", "--engine", metavar="local|ray",
+        help="Where --model/--embed run: in this process, or on a Ray actor pool (one model "
+        "load per worker; needs pip install 'labelfix[ray]'). Same probabilities either way."),
+    ray_address: str | None = typer.Option(
+        None, "--ray-address", metavar="ADDR",
+        help="With --engine ray: the cluster to join (ray.init(address=...), e.g. auto or "
+        "ray://host:10001) [default: start a local Ray on this machine]."),
+    num_workers: int | None = typer.Option(
+        None, "--num-workers", metavar="N",
+        help="With --engine ray: model workers (actors) [default: one per GPU with "
+        "--num-gpus-per-worker, else one per 4 CPUs]."),
+    num_gpus_per_worker: float = typer.Option(
+        0.0, "--num-gpus-per-worker", metavar="G",
+        help="With --engine ray: GPUs per worker (a fraction shares one); above 0 the workers "
+        "run on CUDA."),
+    low_memory: bool = typer.Option(
+        False, "--low-memory",
+        help="Find candidates with cleanlab's batched estimate over a memory-mapped matrix "
+        "(an approximation of low_self_confidence filtering; --filter-by does not apply)."),
+    low_memory_above: str | None = typer.Option(
+        None, "--low-memory-above", metavar="SIZE",
+        help="Use --low-memory automatically when the N x K float32 matrix is larger than SIZE "
+        "(bytes, or e.g. 500MB, 2GB) [default: $LABELFIX_LOW_MEMORY_ABOVE or 2GiB]."),
     folds: int = typer.Option(
         5, "--folds", min=2, max=50,
         help="Folds of the out-of-fold logistic regression: on TF-IDF features (the baseline, "
@@ -104,6 +128,11 @@ def scan(
     from labelfix.scan import run_scan
 
     with errors_to_exit():
+        from labelfix.models.inference import EngineOptions
+
+        engine_options = EngineOptions(name=engine, address=ray_address,
+                                       num_workers=num_workers,
+                                       num_gpus_per_worker=num_gpus_per_worker)
         options = _inference_options(
             model or embed, revision=revision, label_map=label_map, batch_size=batch_size,
             max_length=max_length, device=device, precision=precision, quantize=quantize,
@@ -126,7 +155,9 @@ def scan(
                 result = run_scan(
                     store, spec, name=name, probs_file=probs, folds=folds,
                     model=options if model else None, embed=options if embed else None,
-                    filter_by=filter_by, rank_by=rank_by, top=top, on_event=reporter,
+                    engine=engine_options, filter_by=filter_by, rank_by=rank_by,
+                    low_memory=low_memory, low_memory_above=low_memory_above, top=top,
+                    on_event=reporter,
                 )
                 if backend is not None:
                     from labelfix.sync import run_sync
@@ -145,12 +176,17 @@ def scan(
             "audit_id": result.audit_id, "dataset": result.dataset, "total": result.total,
             "candidates": result.candidates, "model": result.model,
             "filter_by": result.filter_by, "accuracy": round(result.accuracy, 6),
+            "approximation": result.approximation,
         })
         return
     share = 100.0 * result.candidates / result.total if result.total else 0.0
     typer.echo(f"Total: {result.total}")
     typer.echo(f"Candidates: {result.candidates} ({share:.1f}%)")
     typer.echo(f"Accuracy of the probabilities: {100 * result.accuracy:.1f}% ({result.model})")
+    if result.approximation is not None:
+        typer.echo(f"Approximation: candidates from {result.approximation} (batched, "
+                   "memory-mapped; estimates low_self_confidence filtering, not "
+                   f"--filter-by {result.filter_by})")
     typer.echo(f"Audit {result.audit_id} of {result.dataset} (version {result.version}) recorded"
                f"{' with the stored probabilities' if result.probabilities_reused else ''}.")
     if result.top:
