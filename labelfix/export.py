@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from labelfix import __version__
@@ -37,6 +37,7 @@ from labelfix.data import text_hash as hash_text
 from labelfix.errors import UsageError, WorkError
 from labelfix.events import Event, EventCallback, Task, ignore
 from labelfix.store import Store
+from labelfix.store.locking import lock_dataset
 from labelfix.store.models import (
     Annotation,
     Audit,
@@ -458,6 +459,20 @@ def _write(output: _Output, folder: Path, fmt: str) -> None:
 def _record(session: Session, plan: dict[str, Any], *, view: DataView, out: Path, fmt: str,
             keep: np.ndarray, labels: np.ndarray, new_fingerprint: str,
             version_number: int) -> DatasetVersion:
+    """Record the written folder as the next version.
+
+    Raises:
+        WorkError: another export recorded a version, or verdicts arrived, since this one
+            was planned (on a shared database); nothing is recorded and a rerun exports them.
+    """
+    lock_dataset(session, plan["dataset_id"])
+    latest = session.scalar(select(DatasetVersion.version).where(
+        DatasetVersion.dataset_id == plan["dataset_id"]).order_by(DatasetVersion.version.desc()))
+    pending = session.scalar(select(func.count()).select_from(Correction).where(
+        Correction.dataset_id == plan["dataset_id"], Correction.version_id.is_(None)))
+    if latest != plan["latest_version"] or pending != plan["new_corrections"]:
+        raise WorkError(f"{plan['name']} changed while this export was writing (another export "
+                        "or new verdicts); nothing was recorded, run the export again")
     version = DatasetVersion(
         dataset_id=plan["dataset_id"], version=version_number, fingerprint=new_fingerprint,
         row_count=int(keep.sum()), parent_id=plan["latest_id"], location=str(out), format=fmt,

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 from labelfix.data import text_hash
 from labelfix.errors import DataError, NotFoundError, UsageError
 from labelfix.store import Store
+from labelfix.store.locking import insert_missing, lock_dataset
 from labelfix.store.models import (
     Annotation,
     Audit,
@@ -156,6 +157,9 @@ def undo(store: Store, annotation_id: int, *, annotator: str) -> int:
         target = session.get(Annotation, annotation_id)
         if target is None:
             raise NotFoundError(f"there is no verdict {annotation_id} to undo")
+        lock_dataset(session, target.dataset_id)
+        if session.scalar(select(Annotation.id).where(Annotation.retracts_id == target.id)):
+            return target.row  # taken back already (by another process, on a shared store)
         session.add(Annotation(
             dataset_id=target.dataset_id, row=target.row, candidate_id=target.candidate_id,
             backend=target.backend, remote_dataset=target.remote_dataset,
@@ -227,22 +231,20 @@ def write_sheet(store: Store, path: Path, audit_id: int | None = None) -> int:
     with store.session() as session:
         audit = session.get_one(Audit, queue.audit_id)
         dataset_id = audit.dataset_version.dataset_id
-        for item in queue.items:
-            _sheet_state(session, dataset_id=dataset_id, item=item, remote=path.name)
+        _sheet_states(session, queue.items, dataset_id=dataset_id, remote=path.name)
     return len(queue.items)
 
 
-def _sheet_state(session: Session, *, dataset_id: int, item: ReviewItem, remote: str) -> None:
-    remote_id = f"row-{item.row}"
-    state = session.scalars(select(ReviewState).where(
-        ReviewState.backend == SHEET, ReviewState.remote_dataset == remote,
-        ReviewState.remote_id == remote_id)).first()
-    if state is None:
-        session.add(ReviewState(
-            dataset_id=dataset_id, row=item.row, candidate_id=item.candidate_id, backend=SHEET,
-            remote_dataset=remote, remote_id=remote_id, status="pushed", attempts=1,
-            pushed_at=utcnow(),
-        ))
+def _sheet_states(session: Session, items: Sequence[ReviewItem], *, dataset_id: int,
+                  remote: str) -> None:
+    """Each row written to the sheet is "pushed" there (kept as it is when already known)."""
+    lock_dataset(session, dataset_id)
+    now = utcnow()
+    insert_missing(session, ReviewState.__table__, [{
+        "dataset_id": dataset_id, "row": item.row, "candidate_id": item.candidate_id,
+        "backend": SHEET, "remote_dataset": remote, "remote_id": f"row-{item.row}",
+        "status": "pushed", "attempts": 1, "pushed_at": now, "updated_at": now,
+    } for item in items], keys=("backend", "remote_dataset", "remote_id"))
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from labelfix.errors import NotFoundError, UsageError
 from labelfix.events import Event, EventCallback, Task, ignore
 from labelfix.store import Store
 from labelfix.store import probabilities as stored_probs
+from labelfix.store.locking import insert_missing, lock_dataset
 from labelfix.store.models import (
     Annotation,
     Audit,
@@ -137,7 +138,8 @@ def push_candidates(
             for accepted in backend.push(items, remote_name=remote_name,
                                          label_names=label_names):
                 with store.session() as session:
-                    _mark(session, backend.name, remote_name, accepted, status="pushed")
+                    _mark(session, backend.name, remote_name, accepted, status="pushed",
+                          dataset_id=dataset_id)
                 checkpoint("sync.push_batch")
                 pushed += len(accepted)
                 done = set(accepted)
@@ -146,7 +148,7 @@ def push_candidates(
         except BackendError as exc:
             with store.session() as session:
                 _mark(session, backend.name, remote_name, pending, status="failed",
-                      error=str(exc))
+                      error=str(exc), dataset_id=dataset_id)
             raise
     return pushed
 
@@ -155,32 +157,42 @@ def _items_to_push(
     session: Session, audit: Audit, *, dataset_id: int, dataset_name: str, backend: str,
     remote_name: str, label_names: Sequence[str],
 ) -> list[PushItem]:
+    lock_dataset(session, dataset_id)
     candidates = list(session.scalars(
         select(Candidate).where(Candidate.audit_id == audit.id).order_by(Candidate.rank)
     ))
-    states = {
-        state.remote_id: state
-        for state in session.scalars(select(ReviewState).where(
-            ReviewState.backend == backend, ReviewState.remote_dataset == remote_name,
-            ReviewState.dataset_id == dataset_id,
-        ))
-    }
+
+    def load_states() -> dict[str, ReviewState]:
+        return {
+            state.remote_id: state
+            for state in session.scalars(select(ReviewState).where(
+                ReviewState.backend == backend, ReviewState.remote_dataset == remote_name,
+                ReviewState.dataset_id == dataset_id,
+            ))
+        }
+
+    states = load_states()
+    now = utcnow()
+    missing = [
+        {"dataset_id": dataset_id, "row": c.row, "candidate_id": c.id, "backend": backend,
+         "remote_dataset": remote_name, "remote_id": remote_id(dataset_name, c.row),
+         "status": "pending", "attempts": 0, "updated_at": now}
+        for c in candidates if remote_id(dataset_name, c.row) not in states
+    ]
+    if missing:
+        # Inserted as "pending" unless another process recorded the record meanwhile.
+        insert_missing(session, ReviewState.__table__, missing,
+                       keys=("backend", "remote_dataset", "remote_id"))
+        states = load_states()
     todo: list[Candidate] = []
     for candidate in candidates:
-        rid = remote_id(dataset_name, candidate.row)
-        state = states.get(rid)
+        state = states.get(remote_id(dataset_name, candidate.row))
         # A record already on the server may hold a person's verdict: pushing it again would
-        # overwrite that verdict, so only records never accepted are (re)sent.
-        if state is not None and state.status in ("pushed", "reviewed"):
+        # overwrite that verdict, so only records never accepted are (re)sent. (None: the
+        # record id is another dataset's, which a unique name makes impossible.)
+        if state is None or state.status in ("pushed", "reviewed"):
             continue
-        if state is None:
-            state = ReviewState(dataset_id=dataset_id, row=candidate.row,
-                                candidate_id=candidate.id, backend=backend,
-                                remote_dataset=remote_name, remote_id=rid, status="pending",
-                                attempts=0)
-            session.add(state)
-        else:
-            state.candidate_id = candidate.id
+        state.candidate_id = candidate.id
         todo.append(candidate)
     session.flush()
     if not todo:
@@ -207,9 +219,10 @@ def candidate_probabilities(session: Session, audit: Audit, rows: list[int]) -> 
 
 
 def _mark(session: Session, backend: str, remote_name: str, remote_ids: Sequence[str], *,
-          status: str, error: str | None = None) -> None:
+          status: str, dataset_id: int, error: str | None = None) -> None:
     if not remote_ids:
         return
+    lock_dataset(session, dataset_id)
     now = utcnow()
     for state in session.scalars(select(ReviewState).where(
         ReviewState.backend == backend, ReviewState.remote_dataset == remote_name,
@@ -280,13 +293,16 @@ def pull_verdicts(
 
 
 def _cursor(session: Session, backend: str, remote_name: str) -> SyncCursor:
-    cursor = session.scalars(select(SyncCursor).where(
+    query = select(SyncCursor).where(
         SyncCursor.backend == backend, SyncCursor.remote_dataset == remote_name,
-    )).first()
+    )
+    cursor = session.scalars(query).first()
     if cursor is None:
-        cursor = SyncCursor(backend=backend, remote_dataset=remote_name)
-        session.add(cursor)
-        session.flush()
+        # Two first syncs of one remote dataset at once both get here; one row results.
+        insert_missing(session, SyncCursor.__table__,
+                       [{"backend": backend, "remote_dataset": remote_name}],
+                       keys=("backend", "remote_dataset"))
+        cursor = session.scalars(query).one()
     return cursor
 
 
@@ -338,6 +354,8 @@ def add_annotation(
         The new annotation, or None when this verdict (same backend, remote dataset and
         verdict key) was recorded before.
     """
+    # Another process recording the same verdict waits here, then finds it recorded.
+    lock_dataset(session, dataset_id)
     exists = session.scalar(select(Annotation.id).where(
         Annotation.backend == backend, Annotation.remote_dataset == remote_dataset,
         Annotation.verdict_key == verdict_key,
@@ -366,6 +384,9 @@ def apply_verdicts(session: Session, *, dataset_id: int, row: int) -> int:
     Returns:
         The number of corrections added (0 or 1).
     """
+    # The correction depends on every verdict on the row and the latest correction: all of
+    # them must be read after any other writer of this dataset committed.
+    lock_dataset(session, dataset_id)
     everything = list(session.scalars(
         select(Annotation).where(Annotation.dataset_id == dataset_id, Annotation.row == row)
     ))

@@ -1,14 +1,18 @@
-"""`labelfix export`: the corrected data as a new version, its changelog and provenance."""
+"""`labelfix export`: the corrected data as a new version, its changelog and provenance, with
+the store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import csv
 import json
-import sqlite3
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from tests.conftest import Database, both_backends, db_count
+
+pytestmark = both_backends
 
 EXPORT_KEYS = {"dataset", "version", "path", "rows", "corrections_applied"}
 
@@ -159,7 +163,7 @@ def test_a_second_export_without_new_corrections_writes_nothing(run, reviewed,
     assert not (tmp_path / "v2").exists()
 
 
-def test_a_crash_while_writing_leaves_no_version(run, reviewed, tmp_path: Path, db: Path,
+def test_a_crash_while_writing_leaves_no_version(run, reviewed, tmp_path: Path, db: Database,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     import labelfix.export
 
@@ -173,10 +177,8 @@ def test_a_crash_while_writing_leaves_no_version(run, reviewed, tmp_path: Path, 
     assert result.exit_code == 1
     assert not (tmp_path / "v1").exists()
     assert [p.name for p in tmp_path.iterdir() if "labelfix-" in p.name] == []
-    with sqlite3.connect(db) as connection:
-        assert connection.execute("select count(*) from dataset_versions").fetchone()[0] == 1
-        assert connection.execute(
-            "select count(*) from corrections where version_id is not null").fetchone()[0] == 0
+    assert db_count(db, "select count(*) from dataset_versions") == 1
+    assert db_count(db, "select count(*) from corrections where version_id is not null") == 0
     monkeypatch.undo()
     assert run("export", "reviews", "--out", str(tmp_path / "v1")).exit_code == 0
 
@@ -216,3 +218,33 @@ def test_push_to_hub_failure_is_one_line_and_keeps_the_local_version(run, review
     assert len(result.stderr.strip().splitlines()) == 1
     assert "cannot push" in result.stderr and "written locally" in result.stderr
     assert (tmp_path / "v1" / "labelfix.json").exists()
+
+
+def test_verdicts_arriving_while_writing_stop_the_export_before_it_records(
+        run, reviewed, tmp_path: Path, db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Another process records verdicts while the export writes: the version would claim
+    corrections its data lacks, so nothing is recorded and a rerun exports them all."""
+    import labelfix.export
+    from labelfix.review import accept_suggested
+    from labelfix.store import Store, resolve_url
+
+    write = labelfix.export._write
+
+    def write_then_someone_reviews(output: object, folder: Path, fmt: str) -> None:
+        write(output, folder, fmt)
+        other = Store(resolve_url(str(db)))
+        accept_suggested(other, top=3, annotator="carol")
+        other.dispose()
+
+    monkeypatch.setattr(labelfix.export, "_write", write_then_someone_reviews)
+    result = run("export", "reviews", "--out", str(tmp_path / "v1"))
+    assert result.exit_code == 1
+    assert "changed while this export was writing" in result.stderr
+    assert not (tmp_path / "v1").exists()
+    assert db_count(db, "select count(*) from dataset_versions") == 1
+    monkeypatch.undo()
+    rerun = run("export", "reviews", "--out", str(tmp_path / "v1"), "--json")
+    assert rerun.exit_code == 0, rerun.stderr
+    assert rerun.json()["corrections_applied"] == 3 + db_count(
+        db, "select count(*) from corrections c join annotations a on a.id = c.annotation_id "
+            "where a.annotator = 'carol'")

@@ -1,15 +1,18 @@
-"""`labelfix sync --backend argilla` against a server that speaks Argilla 2.x's REST API."""
+"""`labelfix sync --backend argilla` against a server that speaks Argilla 2.x's REST API, with
+the store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Database, both_backends, db_bytes, db_count
 from tests.servers.argilla import ArgillaServer
+
+pytestmark = both_backends
 
 KEY = "argilla-key-for-tests"
 REMOTE = "reviews_label_errors"
@@ -194,15 +197,13 @@ def test_failing_server_finishes_on_rerun_with_nothing_doubled(run, server, scan
     assert len(_records(server)) == len(scanned)
 
 
-def test_wrong_key_and_missing_workspace_are_one_line(run, server, scanned, db: Path,
+def test_wrong_key_and_missing_workspace_are_one_line(run, server, scanned, db: Database,
                                                       monkeypatch) -> None:
     monkeypatch.setenv("ARGILLA_API_KEY", "nope")
     wrong = run("sync", "--backend", "argilla")
     assert wrong.exit_code == 1 and "401" in wrong.stderr
     assert len(wrong.stderr.strip().splitlines()) == 1 and "nope" not in wrong.stderr
-    with sqlite3.connect(db) as connection:
-        assert connection.execute(
-            "select count(*) from review_states where status = 'pushed'").fetchone()[0] == 0
+    assert db_count(db, "select count(*) from review_states where status = 'pushed'") == 0
     monkeypatch.setenv("ARGILLA_API_KEY", KEY)
     monkeypatch.setenv("ARGILLA_WORKSPACE", "elsewhere")
     missing = run("sync", "--backend", "argilla")
@@ -210,7 +211,7 @@ def test_wrong_key_and_missing_workspace_are_one_line(run, server, scanned, db: 
 
 
 def test_the_api_key_never_reaches_the_database_or_output(run, server, scanned,
-                                                          db: Path) -> None:
+                                                          db: Database) -> None:
     assert run("sync", "--backend", "argilla").exit_code == 0
     _review_ten(server, scanned)
     results = [run("sync", "--backend", "argilla", "--json"), run("history", "--json")]
@@ -218,9 +219,9 @@ def test_the_api_key_never_reaches_the_database_or_output(run, server, scanned,
     for result in results:
         for secret in secrets:
             assert secret not in result.stdout and secret not in result.stderr
-    for path in db.parent.glob("labelfix.db*"):
-        for secret in secrets:
-            assert secret.encode() not in path.read_bytes()
+    stored = db_bytes(db)
+    for secret in secrets:
+        assert secret.encode() not in stored
 
 
 LIVE_URL = os.environ.get("ARGILLA_API_URL")

@@ -1,15 +1,18 @@
-"""`labelfix sync --backend rubrix` against a server that speaks Rubrix's REST API."""
+"""`labelfix sync --backend rubrix` against a server that speaks Rubrix's REST API, with the
+store on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
 import os
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from tests.conftest import Database, both_backends, db_bytes, db_count, db_rows
 from tests.servers.rubrix import RubrixServer
+
+pytestmark = both_backends
 
 KEY = "s3cret-key-for-tests"
 REMOTE = "reviews_label_errors"
@@ -164,7 +167,7 @@ def test_a_server_failing_every_third_request_still_syncs_everything_once(
     assert len(run("history", "--json").json()) == 7
 
 
-def test_a_sync_cut_off_between_batches_finishes_on_rerun(run, server, scanned, db: Path,
+def test_a_sync_cut_off_between_batches_finishes_on_rerun(run, server, scanned, db: Database,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     import labelfix.backends.rubrix as rubrix
 
@@ -175,9 +178,7 @@ def test_a_sync_cut_off_between_batches_finishes_on_rerun(run, server, scanned, 
     failed = run("sync", "--backend", "rubrix", "--push-only")
     assert failed.exit_code == 1
     assert "rubrix at http://127.0.0.1" in failed.stderr and "POST /api/datasets" in failed.stderr
-    with sqlite3.connect(db) as connection:
-        statuses = dict(connection.execute(
-            "select status, count(*) from review_states group by status").fetchall())
+    statuses = dict(db_rows(db, "select status, count(*) from review_states group by status"))
     assert statuses["pushed"] == 10 and statuses["failed"] == len(scanned) - 10
     server.fail_every(0)
     rerun = run("sync", "--backend", "rubrix", "--push-only", "--json")
@@ -187,7 +188,7 @@ def test_a_sync_cut_off_between_batches_finishes_on_rerun(run, server, scanned, 
 
 
 def test_wrong_key_is_one_line_exit_1_and_nothing_marked_pushed(
-    run, server, scanned, db: Path, monkeypatch: pytest.MonkeyPatch
+    run, server, scanned, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("RUBRIX_API_KEY", "wrong-key")
     result = run("sync", "--backend", "rubrix")
@@ -195,10 +196,7 @@ def test_wrong_key_is_one_line_exit_1_and_nothing_marked_pushed(
     assert len(result.stderr.strip().splitlines()) == 1
     assert "401" in result.stderr and "API key" in result.stderr
     assert "wrong-key" not in result.stderr
-    with sqlite3.connect(db) as connection:
-        pushed = connection.execute(
-            "select count(*) from review_states where status = 'pushed'").fetchone()[0]
-    assert pushed == 0
+    assert db_count(db, "select count(*) from review_states where status = 'pushed'") == 0
     assert _records(server) == {}
 
 
@@ -221,13 +219,12 @@ def test_unreachable_server_is_one_line_exit_1(run, scanned,
 
 
 def test_the_api_key_never_reaches_the_database_or_output(run, server, scanned,
-                                                          db: Path) -> None:
+                                                          db: Database) -> None:
     results = [run("sync", "--backend", "rubrix", "--json"), run("history", "--json"),
                run("audits", "--json"), run("candidates", "--json")]
     for result in results:
         assert KEY not in result.stdout and KEY not in result.stderr
-    for path in db.parent.glob("labelfix.db*"):
-        assert KEY.encode() not in path.read_bytes()
+    assert KEY.encode() not in db_bytes(db)
 
 
 def test_argilla_1_servers_are_detected_and_get_argilla_headers(

@@ -8,6 +8,7 @@ import numpy as np
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from labelfix.store.locking import insert_missing
 from labelfix.store.models import ProbabilityChunk, ProbabilitySet, utcnow
 
 # About 4 MiB a chunk: small enough to stream, large enough that a million rows is ~20 rows.
@@ -37,13 +38,14 @@ def save(
 ) -> ProbabilitySet:
     """Store an (N, K) matrix as float32 chunks and return its set (flushed, not committed).
 
-    An incomplete set left by a crash for the same key is replaced.
+    An incomplete set left by a crash for the same key is replaced. When another process
+    stores the same matrix at the same time (a shared PostgreSQL store), its set is waited
+    for and returned, and this one writes nothing.
     """
-    stale = session.scalars(
-        select(ProbabilitySet).where(
-            ProbabilitySet.fingerprint == fingerprint, ProbabilitySet.source_key == source_key
-        )
-    ).first()
+    query = select(ProbabilitySet).where(
+        ProbabilitySet.fingerprint == fingerprint, ProbabilitySet.source_key == source_key
+    )
+    stale = session.scalars(query).first()
     if stale is not None:
         if stale.completed_at is not None:
             return stale
@@ -51,12 +53,15 @@ def save(
         session.delete(stale)
         session.flush()
     n_rows, n_classes = matrix.shape
-    prob_set = ProbabilitySet(
-        fingerprint=fingerprint, source_key=source_key, source=source,
-        n_rows=n_rows, n_classes=n_classes, dtype=DTYPE,
-    )
-    session.add(prob_set)
-    session.flush()
+    insert_missing(session, ProbabilitySet.__table__, [{
+        "fingerprint": fingerprint, "source_key": source_key, "source": source,
+        "n_rows": n_rows, "n_classes": n_classes, "dtype": DTYPE, "created_at": utcnow(),
+    }], keys=("fingerprint", "source_key"))
+    prob_set = session.scalars(query).one()
+    if prob_set.completed_at is not None:
+        # Complete already: another process's, committed while this insert waited for it.
+        # (labelfix never commits an incomplete set, so an incomplete one is this one.)
+        return prob_set
     rows_per_chunk = max(1, CHUNK_BYTES // max(1, n_classes * 4))
     data = np.ascontiguousarray(matrix, dtype=DTYPE)
     for index, start in enumerate(range(0, max(n_rows, 1), rows_per_chunk)):

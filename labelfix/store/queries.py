@@ -10,7 +10,8 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from labelfix.errors import DataError, NotFoundError
-from labelfix.store.models import Audit, Candidate, Dataset, DatasetVersion
+from labelfix.store.locking import insert_missing, lock_dataset
+from labelfix.store.models import Audit, Candidate, Dataset, DatasetVersion, utcnow
 
 
 @dataclass(frozen=True)
@@ -71,38 +72,41 @@ def ensure_version(session: Session, *, info: DatasetInfo) -> DatasetVersion:
         DataError: the name is taken by another source, or the data behind the name changed.
     """
     dataset = get_dataset(session, name=info.name)
-    if dataset is not None:
-        # The very rows of a recorded version (say an exported one) are that version,
-        # wherever they are read from.
-        known = session.scalars(
-            select(DatasetVersion).where(
-                DatasetVersion.dataset_id == dataset.id,
-                DatasetVersion.fingerprint == info.fingerprint,
-            ).order_by(DatasetVersion.version.desc())
-        ).first()
-        if known is not None and list(dataset.label_names) == list(info.label_names):
-            return known
     if dataset is None:
-        dataset = Dataset(
-            name=info.name, source=info.source, source_kind=info.source_kind, config=info.config,
-            split=info.split, text_columns=list(info.text_columns),
-            label_column=info.label_column, label_names=list(info.label_names),
-            labels_option=list(info.labels_option) if info.labels_option else None,
+        # On a shared PostgreSQL store another first scan of this source may be recording the
+        # same name right now: its row is waited for and then used, never a second one.
+        insert_missing(session, Dataset.__table__, [{
+            "name": info.name, "source": info.source, "source_kind": info.source_kind,
+            "config": info.config, "split": info.split, "text_columns": list(info.text_columns),
+            "label_column": info.label_column, "label_names": list(info.label_names),
+            "labels_option": list(info.labels_option) if info.labels_option else None,
+            "created_at": utcnow(),
+        }], keys=("name",))
+        dataset = get_dataset(session, name=info.name)
+        if dataset is None:  # pragma: no cover -- inserted or found just above
+            raise DataError(f"dataset {info.name!r} could not be recorded; scan again")
+    lock_dataset(session, dataset.id)
+    # The very rows of a recorded version (say an exported one) are that version,
+    # wherever they are read from.
+    known = session.scalars(
+        select(DatasetVersion).where(
+            DatasetVersion.dataset_id == dataset.id,
+            DatasetVersion.fingerprint == info.fingerprint,
+        ).order_by(DatasetVersion.version.desc())
+    ).first()
+    if known is not None and list(dataset.label_names) == list(info.label_names):
+        return known
+    if not _same_source(dataset, info):
+        raise DataError(
+            f"dataset name {info.name!r} is taken by {_describe(dataset)}; "
+            "pass --name to record this source under another name"
         )
-        session.add(dataset)
-        session.flush()
-    else:
-        if not _same_source(dataset, info):
-            raise DataError(
-                f"dataset name {info.name!r} is taken by {_describe(dataset)}; "
-                "pass --name to record this source under another name"
-            )
-        if list(dataset.label_names) != list(info.label_names):
-            raise DataError(
-                f"dataset {info.name!r} was scanned with labels {','.join(dataset.label_names)}, "
-                f"now {','.join(info.label_names)}; pass --labels {','.join(dataset.label_names)} "
-                "or --name to record it as a new dataset"
-            )
+    if list(dataset.label_names) != list(info.label_names):
+        raise DataError(
+            f"dataset {info.name!r} was scanned with labels {','.join(dataset.label_names)}, "
+            f"now {','.join(info.label_names)}; pass --labels {','.join(dataset.label_names)} "
+            "or --name to record it as a new dataset"
+        )
     latest = session.scalars(
         select(DatasetVersion).where(DatasetVersion.dataset_id == dataset.id)
         .order_by(DatasetVersion.version.desc())
