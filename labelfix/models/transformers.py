@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import inspect
+import logging
 import os
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -27,6 +28,8 @@ import numpy as np
 
 from labelfix.errors import DataError, UsageError, WorkError
 from labelfix.events import Event, EventCallback, Task, ignore
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch
@@ -436,6 +439,11 @@ def load_model(
     missing = sorted(info.get("missing_keys") or ())
     if task == "classifier":
         _check_classifier(model, reference.config, missing)
+        from labelfix.models.first_token import prune_to_first_token
+
+        pruned = prune_to_first_token(net, reference.tokenizer)
+        log.debug("%s: last layer computes %s", model,
+                  "the first token only" if pruned else "every token")
     else:
         random = [key for key in missing if "pooler" not in key.split(".")]
         if random:
