@@ -3,6 +3,10 @@
 One server (installed on first use into its own virtual environment, see
 tests/servers/label_studio.py) serves the whole session; each test works in a project of its
 own and plays the annotators through Label Studio's REST API, as its web app sends them.
+
+The tests of what reaches the store (push, pull, two annotators, a refused key) run on SQLite
+and on PostgreSQL (``@both_backends``); the others, about the server's side, on SQLite only,
+so that the real server's slow requests are not all made twice.
 """
 
 from __future__ import annotations
@@ -10,7 +14,6 @@ from __future__ import annotations
 import os
 import re
 import socket
-import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +26,7 @@ from labelfix.backends.label_studio import (
     label_config,
 )
 from labelfix.errors import UsageError
+from tests.conftest import Database, both_backends, db_count, db_rows
 from tests.servers.label_studio import (
     LabelStudioServer,
     LabelStudioUnavailable,
@@ -82,9 +86,11 @@ def _registry_knows_label_studio(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture()
 def remote(request: pytest.FixtureRequest) -> str:
-    """A project title of this test's own on the shared server."""
-    name = request.node.name.lower().removeprefix("test_")
-    return "t-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")[:46]
+    """A project title of this test's own on the shared server (and of each of its backends)."""
+    name = request.node.originalname.lower().removeprefix("test_")
+    title = "t-" + re.sub(r"[^a-z0-9]+", "-", name).strip("-")[:46]
+    callspec = getattr(request.node, "callspec", None)
+    return f"{title[:42]}-{callspec.id[:3]}" if callspec is not None else title
 
 
 @pytest.fixture()
@@ -106,6 +112,7 @@ def _user(server: LabelStudioServer, name: str) -> User:
     return server.users[f"{name}@example.com"]
 
 
+@both_backends
 def test_first_push_creates_the_project_and_one_task_per_candidate(
     run, server, scanned, synthetic
 ) -> None:
@@ -145,7 +152,8 @@ def test_first_push_creates_the_project_and_one_task_per_candidate(
     assert states == {"pushed"}
 
 
-def test_second_push_imports_nothing_twice(run, server, scanned, remote, db: Path) -> None:
+@both_backends
+def test_second_push_imports_nothing_twice(run, server, scanned, remote, db: Database) -> None:
     assert run("sync", "--backend", BACKEND, "--push-only", "--remote-name", remote
                ).exit_code == 0
     again = run("sync", "--backend", BACKEND, "--push-only", "--remote-name", remote, "--json")
@@ -154,8 +162,7 @@ def test_second_push_imports_nothing_twice(run, server, scanned, remote, db: Pat
     assert len(_tasks(server, remote)) == len(scanned)
     # A push cut off after the server took the tasks but before labelfix recorded it: the
     # rerun finds them by their labelfix_id and records them without importing them again.
-    with sqlite3.connect(db) as connection:
-        connection.execute("update review_states set status = 'pending', pushed_at = null")
+    db_rows(db, "update review_states set status = 'pending', pushed_at = null")
     rerun = run("sync", "--backend", BACKEND, "--push-only", "--remote-name", remote, "--json")
     assert rerun.exit_code == 0, rerun.stderr
     assert rerun.json()["pushed"] == len(scanned)
@@ -185,6 +192,7 @@ def _review_ten(server: LabelStudioServer, remote: str, scanned: list[dict]) -> 
     return done
 
 
+@both_backends
 def test_pull_records_corrections_confirmations_and_discards(run, server, scanned,
                                                              remote) -> None:
     assert run("sync", "--backend", BACKEND, "--remote-name", remote).exit_code == 0
@@ -236,8 +244,9 @@ def test_a_verdict_changed_after_a_pull_supersedes_the_earlier_one(
     ]
 
 
+@both_backends
 def test_two_annotators_on_one_task_are_both_kept(run, server, scanned, remote, synthetic,
-                                                  db: Path) -> None:
+                                                  db: Database) -> None:
     assert run("sync", "--backend", BACKEND, "--remote-name", remote).exit_code == 0
     candidate = scanned[1]
     task = _tasks(server, remote)[f"reviews-{candidate['row']}"]
@@ -250,10 +259,8 @@ def test_two_annotators_on_one_task_are_both_kept(run, server, scanned, remote, 
     # Both verdicts are on record and applied in time order: the newer one (carol's) holds.
     assert result.json() == {**ZERO, "pulled": 2, "corrections": 2}
     assert "disagree" in result.stderr and "carol@example.com" in result.stderr
-    with sqlite3.connect(db) as connection:
-        kept = connection.execute(
-            "select annotator, decision, label from annotations where row = ? order by id",
-            (candidate["row"],)).fetchall()
+    kept = db_rows(db, "select annotator, decision, label from annotations "
+                       f"where row = {int(candidate['row'])} order by id")
     names = list(synthetic.label_names)
     assert sorted(kept) == sorted([
         ("alice@example.com", "relabel", names.index(candidate["suggested_label"])),
@@ -273,8 +280,9 @@ def test_pull_before_any_push_finds_nothing(run, server, scanned, remote) -> Non
     assert server.project(remote) is None
 
 
+@both_backends
 def test_wrong_key_is_one_line_exit_1_and_nothing_marked_pushed(
-    run, server, scanned, remote, db: Path, monkeypatch: pytest.MonkeyPatch
+    run, server, scanned, remote, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("LABEL_STUDIO_API_KEY", "wrong-key-0123456789")
     result = run("sync", "--backend", BACKEND, "--remote-name", remote)
@@ -283,10 +291,7 @@ def test_wrong_key_is_one_line_exit_1_and_nothing_marked_pushed(
     assert f"label-studio at {server.url}: GET /api/projects/" in result.stderr
     assert "401" in result.stderr and "API key" in result.stderr
     assert "wrong-key-0123456789" not in result.stderr + result.stdout
-    with sqlite3.connect(db) as connection:
-        pushed = connection.execute(
-            "select count(*) from review_states where status = 'pushed'").fetchone()[0]
-    assert pushed == 0
+    assert db_count(db, "select count(*) from review_states where status = 'pushed'") == 0
     assert server.project(remote) is None
 
 
@@ -324,7 +329,7 @@ def test_missing_key_is_a_usage_error(run, scanned, monkeypatch: pytest.MonkeyPa
 
 
 def test_the_api_key_never_reaches_the_database_or_output(run, server, scanned, remote,
-                                                          db: Path) -> None:
+                                                          db: Database) -> None:
     key = server.admin.token
     results = [run("sync", "--backend", BACKEND, "--remote-name", remote, "--json"),
                run("history", "--json"), run("audits", "--json"), run("candidates", "--json")]
