@@ -184,6 +184,9 @@ def _score(texts: Sequence[str], pairs: Sequence[str] | None, options: Inference
         order = _block_rows(rows, second, options, device=device, workers=workers,
                             on_event=on_event)
         blocks = _blocks(rows, second, order)
+        # Few rows make fewer blocks than workers: an actor without a block would only load
+        # the model for nothing.
+        workers = min(workers, len(blocks))
         dataset = ray.data.from_arrow(blocks)
         with warnings.catch_warnings():
             # max_restarts=0 is the way Ray Data's own code names to turn restarts off, though
@@ -208,8 +211,8 @@ def _score(texts: Sequence[str], pairs: Sequence[str] | None, options: Inference
             )
         out: np.ndarray | None = None
         seen = 0
-        with _worker_errors(ray), Task(on_event, f"{title} (Ray, {workers} workers)",
-                                       total=n) as progress:
+        label = f"{title} (Ray, {workers} worker{'s' if workers > 1 else ''})"
+        with _worker_errors(ray), Task(on_event, label, total=n) as progress:
             for batch in scored.iter_batches(batch_size=None, batch_format="numpy"):
                 index = np.asarray(batch["index"], dtype=np.int64)
                 values = np.asarray(batch["values"], dtype=np.float32)
