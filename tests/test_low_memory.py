@@ -57,7 +57,7 @@ def test_a_matrix_above_the_limit_uses_the_approximation_and_says_so(
     data, csv, probs = hard
     exact = run("scan", str(csv), "--probs", str(probs), "--json")
     assert exact.exit_code == 0, exact.stderr
-    assert exact.json()["approximation"] is None
+    assert "approximation" not in exact.json()
     # 5,000 x 4 float32 is 80,000 bytes, above a 50 kB limit.
     low = run("scan", str(csv), "--probs", str(probs), "--low-memory-above", "50kB")
     assert low.exit_code == 0, low.stderr
@@ -77,7 +77,7 @@ def test_a_matrix_above_the_limit_uses_the_approximation_and_says_so(
     # A limit above the matrix keeps the exact path.
     above = run("scan", str(csv), "--probs", str(probs), "--low-memory-above", "1MB",
                 "--json")
-    assert above.json()["approximation"] is None
+    assert "approximation" not in above.json()
     assert above.json()["candidates"] == len(rows[first])
 
 

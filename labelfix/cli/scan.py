@@ -172,12 +172,15 @@ def scan(
                 if backend is not None:
                     backend.close()
     if as_json:
-        print_json({
+        payload: dict[str, object] = {
             "audit_id": result.audit_id, "dataset": result.dataset, "total": result.total,
             "candidates": result.candidates, "model": result.model,
             "filter_by": result.filter_by, "accuracy": round(result.accuracy, 6),
-            "approximation": result.approximation,
-        })
+        }
+        if result.approximation is not None:
+            # Only then: an exact scan keeps exactly the contract's keys.
+            payload["approximation"] = result.approximation
+        print_json(payload)
         return
     share = 100.0 * result.candidates / result.total if result.total else 0.0
     typer.echo(f"Total: {result.total}")
