@@ -1,4 +1,5 @@
-"""Probabilities the user passes: formats, and validation against the data."""
+"""Probabilities the user passes: formats, and validation against the data; and how the store
+keeps them, on SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import pytest
 from labelfix.errors import ProbabilitiesError
 from labelfix.events import Event
 from labelfix.models.precomputed import read_probs_file, validate
+from labelfix.store import Store, resolve_url
+from tests.conftest import Database, both_backends, db_rows
 
 NAMES = ("a", "b", "c")
 
@@ -84,3 +87,78 @@ def test_unreadable_and_unknown_files(tmp_path: Path) -> None:
     np.save(tmp_path / "flat.npy", np.ones(5))
     with pytest.raises(ProbabilitiesError, match="2-D"):
         read_probs_file(tmp_path / "flat.npy")
+
+
+# Stored matrices: chunked float32 blobs (bytea on PostgreSQL), on both databases.
+
+
+def _store(db: Database) -> Store:
+    return Store(resolve_url(str(db)))
+
+
+@both_backends
+def test_a_matrix_of_several_chunks_is_stored_in_bounded_blobs_and_read_back_exactly(
+        db: Database) -> None:
+    from labelfix.store import probabilities as stored
+
+    rows_per_chunk = stored.CHUNK_BYTES // (20 * 4)
+    matrix = np.random.default_rng(3).dirichlet(np.ones(20), size=2 * rows_per_chunk + 7
+                                                ).astype(np.float32)
+    store = _store(db)
+    with store.session() as session:
+        prob_set = stored.save(session, matrix, fingerprint="f" * 64, source_key="k",
+                               source="test")
+        set_id = prob_set.id
+    with store.session() as session:
+        prob_set = stored.find(session, fingerprint="f" * 64, source_key="k")
+        assert prob_set is not None and prob_set.id == set_id
+        back = stored.load(session, prob_set)
+        picked = stored.load_rows(session, prob_set, [0, rows_per_chunk, len(matrix) - 1, 5])
+    store.dispose()
+    assert back.dtype == np.float32 and np.array_equal(back, matrix)
+    assert np.array_equal(picked, matrix[[0, rows_per_chunk, len(matrix) - 1, 5]])
+    sizes = db_rows(db, f"select n_rows, length(data) from probability_chunks "
+                        f"where set_id = {set_id} order by chunk_index")
+    assert [n for n, _ in sizes] == [rows_per_chunk, rows_per_chunk, 7]
+    assert max(size for _, size in sizes) <= stored.CHUNK_BYTES
+
+
+@both_backends
+def test_processes_storing_the_same_matrix_at_once_keep_one_set(db: Database) -> None:
+    """Two scans of the same data and model on a shared store: one set, both use it."""
+    import threading
+
+    from labelfix.store import probabilities as stored
+
+    matrix = _probs(n=30_000)
+    _store(db).engine.dispose()  # the schema, before the race
+    start = threading.Barrier(3)
+    ids: list[int] = []
+    errors: list[BaseException] = []
+
+    def save() -> None:
+        store = _store(db)
+        try:
+            start.wait()
+            with store.session() as session:
+                ids.append(stored.save(session, matrix, fingerprint="f" * 64, source_key="k",
+                                       source="test").id)
+        except BaseException as exc:  # noqa: BLE001 -- collected for the assertion
+            errors.append(exc)
+        finally:
+            store.dispose()
+
+    threads = [threading.Thread(target=save) for _ in range(3)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(set(ids)) == 1
+    assert db_rows(db, "select count(*) from probability_sets") == [(1,)]
+    store = _store(db)
+    with store.session() as session:
+        prob_set = stored.find(session, fingerprint="f" * 64, source_key="k")
+        assert prob_set is not None
+        assert np.array_equal(stored.load(session, prob_set), matrix)
+    store.dispose()

@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import os
-import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Callable
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import Database, PostgresDatabase, db_count, db_rows
+
 
 @pytest.fixture()
-def cli(db: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
+def cli(db: Database) -> Callable[..., subprocess.CompletedProcess[str]]:
     """Run ``python -m labelfix --db DB ...`` as a separate process (it can be killed)."""
 
     def invoke(*args: str, crash_at: str | None = None, env: dict[str, str] | None = None,
@@ -31,11 +32,19 @@ def cli(db: Path) -> Callable[..., subprocess.CompletedProcess[str]]:
     return invoke
 
 
-def integrity_ok(db: Path) -> bool:
-    with sqlite3.connect(db) as connection:
-        return connection.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+def integrity_ok(db: Database) -> bool:
+    """SQLite: the file passes ``PRAGMA integrity_check``. PostgreSQL, whose server keeps its
+    files sound: no labelfix connection is left open on the database (a killed process's
+    transaction was rolled back and holds no lock that would stall the rerun)."""
+    if isinstance(db, PostgresDatabase):
+        deadline = time.monotonic() + 10
+        query = ("select count(*) from pg_stat_activity where datname = current_database() "
+                 "and application_name = 'labelfix'")
+        while db_count(db, query) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return db_count(db, query) == 0
+    return db_rows(db, "PRAGMA integrity_check")[0][0] == "ok"
 
 
-def count(db: Path, sql: str) -> int:
-    with sqlite3.connect(db) as connection:
-        return int(connection.execute(sql).fetchone()[0])
+def count(db: Database, sql: str) -> int:
+    return db_count(db, sql)

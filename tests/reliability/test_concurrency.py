@@ -1,5 +1,6 @@
 """Two labelfix processes on one database at the same time: no "database is locked", no
-duplicate annotation or correction, and the history of running them one after the other."""
+duplicate annotation or correction, and the history of running them one after the other; on
+SQLite (one writer at a time) and on PostgreSQL (row locks and ON CONFLICT DO NOTHING)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Database, both_backends
 from tests.reliability.conftest import count, integrity_ok
 from tests.servers.rubrix import RubrixServer
+
+pytestmark = both_backends
 
 REMOTE = "reviews_label_errors"
 
@@ -27,7 +31,7 @@ def rubrix(monkeypatch: pytest.MonkeyPatch):
         yield server
 
 
-def _start(db: Path, *args: str) -> subprocess.Popen[str]:
+def _start(db: Database, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "labelfix", "--db", str(db), *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=dict(os.environ))
@@ -50,7 +54,7 @@ def _history(cli) -> list[tuple]:
     return sorted((h["row"], h["old_label"], h["new_label"], h["annotator"]) for h in entries)
 
 
-def test_two_syncs_at_once(cli, db: Path, tmp_path: Path, csv_dataset: Path, probs_npy: Path,
+def test_two_syncs_at_once(cli, db: Database, tmp_path: Path, csv_dataset: Path, probs_npy: Path,
                            rubrix) -> None:
     assert cli("scan", str(csv_dataset), "--probs", str(probs_npy)).returncode == 0
     total = count(db, "select count(*) from candidates")
@@ -94,7 +98,7 @@ def test_two_syncs_at_once(cli, db: Path, tmp_path: Path, csv_dataset: Path, pro
                   for h in history) == concurrent
 
 
-def test_accept_suggested_beside_a_sync(cli, db: Path, csv_dataset: Path, probs_npy: Path,
+def test_accept_suggested_beside_a_sync(cli, db: Database, csv_dataset: Path, probs_npy: Path,
                                         rubrix) -> None:
     assert cli("scan", str(csv_dataset), "--probs", str(probs_npy)).returncode == 0
     total = count(db, "select count(*) from candidates")
@@ -107,6 +111,6 @@ def test_accept_suggested_beside_a_sync(cli, db: Path, csv_dataset: Path, probs_
     assert count(db, "select count(*) from corrections") == count(
         db, "select count(*) from candidates where given_label != suggested_label")
     assert count(db, "select count(*) from (select row from corrections group by row "
-                     "having count(*) > 1)") == 0
+                     "having count(*) > 1) as twice") == 0
     assert len(rubrix.records(REMOTE)) == total
     assert integrity_ok(db)

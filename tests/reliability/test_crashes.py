@@ -1,5 +1,6 @@
 """kill -9 at chosen points of scan, sync and export: nothing claims to be complete that is
-not, and rerunning the same command finishes the job with the counts of an uninterrupted run."""
+not, and rerunning the same command finishes the job with the counts of an uninterrupted run;
+on SQLite and on PostgreSQL, where the server rolls back a killed client's transaction."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import Database, both_backends
 from tests.reliability.conftest import count, integrity_ok
 from tests.servers.rubrix import RubrixServer
 
@@ -28,9 +30,10 @@ def reference(tmp_path: Path, csv_dataset: Path) -> dict:
     return json.loads(done.stdout)
 
 
+@both_backends
 @pytest.mark.parametrize("point", ["scan.fold#2", "scan.probabilities_stored",
                                    "scan.before_commit"])
-def test_scan_killed_then_rerun(cli, db: Path, csv_dataset: Path, reference: dict,
+def test_scan_killed_then_rerun(cli, db: Database, csv_dataset: Path, reference: dict,
                                 point: str) -> None:
     killed = cli("scan", str(csv_dataset), "--folds", "3", crash_at=point)
     assert killed.returncode == KILLED, killed.stderr
@@ -60,7 +63,8 @@ def rubrix(monkeypatch: pytest.MonkeyPatch):
         yield server
 
 
-def test_sync_killed_between_two_bulk_requests_then_rerun(cli, db: Path, csv_dataset: Path,
+@both_backends
+def test_sync_killed_between_two_bulk_requests_then_rerun(cli, db: Database, csv_dataset: Path,
                                                            probs_npy: Path, rubrix) -> None:
     assert cli("scan", str(csv_dataset), "--probs", str(probs_npy)).returncode == 0
     total = count(db, "select count(*) from candidates")
@@ -77,7 +81,8 @@ def test_sync_killed_between_two_bulk_requests_then_rerun(cli, db: Path, csv_dat
     assert count(db, "select count(*) from review_states where status = 'pushed'") == total
 
 
-def test_sync_killed_before_recording_a_pull_then_rerun(cli, db: Path, csv_dataset: Path,
+@both_backends
+def test_sync_killed_before_recording_a_pull_then_rerun(cli, db: Database, csv_dataset: Path,
                                                         probs_npy: Path, rubrix) -> None:
     assert cli("scan", str(csv_dataset), "--probs", str(probs_npy)).returncode == 0
     assert cli("sync", "--backend", "rubrix").returncode == 0
@@ -97,8 +102,9 @@ def test_sync_killed_before_recording_a_pull_then_rerun(cli, db: Path, csv_datas
     assert count(db, "select count(*) from corrections") == 7
 
 
+@both_backends
 @pytest.mark.parametrize("point", ["export.written", "export.renamed"])
-def test_export_killed_while_writing_then_rerun(cli, db: Path, csv_dataset: Path,
+def test_export_killed_while_writing_then_rerun(cli, db: Database, csv_dataset: Path,
                                                 probs_npy: Path, tmp_path: Path,
                                                 point: str) -> None:
     assert cli("scan", str(csv_dataset), "--probs", str(probs_npy)).returncode == 0
