@@ -7,6 +7,7 @@ are few and each compares a whole scan.
 from __future__ import annotations
 
 import json
+import re
 import sqlite3
 import sys
 from collections.abc import Iterator
@@ -144,3 +145,56 @@ def test_missing_ray_names_the_extra(tmp_path: Path, small_csv: Path, models: di
     assert code == 2
     assert "pip install 'labelfix[ray]'" in err and len(err.strip().splitlines()) == 1
     assert not db_exists_with_data(db)
+
+
+class FakeCluster:
+    """What _pool_size asks of ray: the cluster's resources."""
+
+    def __init__(self, **resources: float) -> None:
+        self.resources = resources
+
+    def cluster_resources(self) -> dict[str, float]:
+        return self.resources
+
+
+@pytest.mark.parametrize("resources, workers, gpus, expected", [
+    ({"CPU": 8.0}, None, 0.0, (2, 4.0)),
+    ({"CPU": 2.0}, None, 0.0, (1, 2.0)),
+    ({"CPU": 2.0}, 4, 0.0, (4, 0.5)),
+    ({"CPU": 16.0, "GPU": 2.0}, None, 1.0, (2, 1.0)),
+    ({"CPU": 16.0, "GPU": 1.0}, 2, 0.5, (2, 1.0)),
+])
+def test_pool_size_shares_the_cluster(resources: dict[str, float], workers: int | None,
+                                      gpus: float, expected: tuple[int, float]) -> None:
+    from labelfix.models.ray_engine import _pool_size
+
+    assert _pool_size(FakeCluster(**resources), num_workers=workers, gpus=gpus) == expected
+
+
+@pytest.mark.parametrize("resources, workers, gpus, message", [
+    ({"CPU": 8.0}, None, 1.0, "the Ray cluster has 0 GPU(s)"),
+    ({"CPU": 8.0, "GPU": 1.0}, 2, 1.0, "needs 2 GPUs; the cluster has 1"),
+])
+def test_gpus_the_cluster_lacks_are_a_usage_error(resources: dict[str, float],
+                                                  workers: int | None, gpus: float,
+                                                  message: str) -> None:
+    from labelfix.errors import UsageError
+    from labelfix.models.ray_engine import _pool_size
+
+    with pytest.raises(UsageError, match=re.escape(message)):
+        _pool_size(FakeCluster(**resources), num_workers=workers, gpus=gpus)
+
+
+def test_worker_errors_surface_as_labelfix_errors() -> None:
+    from labelfix.errors import UsageError, WorkError
+    from labelfix.models.ray_engine import _worker_errors
+
+    class Wrapped(Exception):  # as Ray wraps an actor's exception: the original in .cause
+        def __init__(self, cause: BaseException) -> None:
+            super().__init__(f"task failed: {cause}")
+            self.cause = cause
+
+    with pytest.raises(UsageError, match="^--model m: bad$"), _worker_errors(None):
+        raise RuntimeError("execution failed") from Wrapped(UsageError("--model m: bad"))
+    with pytest.raises(WorkError, match="the Ray workers failed"), _worker_errors(None):
+        raise Wrapped(MemoryError("out of memory"))
