@@ -124,11 +124,10 @@ class Scorer:
         from labelfix.models import transformers as local
 
         if device == "cpu":
-            # run_engine sets torch's threads to the cores the process may run on, which is
-            # every core of the node; actors sharing a node must keep to their own share or
-            # they oversubscribe it several times over.
+            # Actors sharing a node must keep to their own share of its cores, or they
+            # oversubscribe it several times over (run_engine would take every core).
             torch.set_num_threads(threads)
-            local.cpu_cores = lambda: threads  # type: ignore[assignment]
+        self._threads = threads
         loaded = local.load_model(model, revision=revision, task=task)
         net = loaded.model
         if task == "encoder" and getattr(loaded.config, "is_encoder_decoder", False):
@@ -156,7 +155,8 @@ class Scorer:
                                  max_length=self._length)
         values = local.run_engine(self._net, encoded, self._forward, tokenizer=self._tokenizer,
                                   device=self._device, precision=self._precision,
-                                  batch_size=self._batch_size, task="Scoring rows")
+                                  batch_size=self._batch_size, task="Scoring rows",
+                                  threads=self._threads)
         if self._columns is not None:
             # Summed in the same order as the local engine, so the floats are the same.
             mapped = np.zeros((values.shape[0], self._width), dtype=np.float32)

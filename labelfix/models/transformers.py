@@ -607,12 +607,14 @@ def run_engine(
     precision: str,
     batch_size: int | None,
     task: str,
+    threads: int | None = None,
     on_event: EventCallback = ignore,
 ) -> np.ndarray:
     """Run ``forward`` over all rows in length-sorted, minimally padded batches.
 
     ``forward(net, inputs)`` maps a batch (``input_ids``, ``attention_mask`` and maybe
-    ``token_type_ids``, all ``(b, L) int64``) to a ``(b, D)`` float32 tensor.
+    ``token_type_ids``, all ``(b, L) int64``) to a ``(b, D)`` float32 tensor. On CPU torch
+    uses ``threads`` threads, by default every core this process may run on.
 
     Returns:
         ``(N, D) float32`` in the rows' input order; ``(0, 0)`` when there are no rows.
@@ -629,7 +631,7 @@ def run_engine(
     )
     out: np.ndarray | None = None
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_all_cores(device))
+        stack.enter_context(_cpu_threads(device, threads or cpu_cores()))
         stack.enter_context(torch.inference_mode())
         stack.enter_context(_autocast(device, precision))
         progress = stack.enter_context(Task(on_event, task, total=len(encoded.lengths)))
@@ -939,15 +941,15 @@ def _quiet_transformers() -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _all_cores(device: str) -> Iterator[None]:
-    """Let torch use every core this process may run on, then restore its setting."""
+def _cpu_threads(device: str, threads: int) -> Iterator[None]:
+    """Let torch use ``threads`` threads on CPU, then restore its setting."""
     import torch
 
     if device != "cpu":
         yield
         return
     before = torch.get_num_threads()
-    torch.set_num_threads(cpu_cores())
+    torch.set_num_threads(threads)
     try:
         yield
     finally:
