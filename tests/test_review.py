@@ -1,4 +1,5 @@
-"""`labelfix review`: in the terminal, automatic, and through a spreadsheet."""
+"""`labelfix review`: in the terminal, automatic, and through a spreadsheet; with the store on
+SQLite and on PostgreSQL."""
 
 from __future__ import annotations
 
@@ -6,6 +7,10 @@ import csv
 from pathlib import Path
 
 import pytest
+
+from tests.conftest import both_backends
+
+pytestmark = both_backends
 
 
 @pytest.fixture()
