@@ -19,6 +19,7 @@ from tests.conftest import (
     both_backends,
     db_rows,
     fresh_postgres_database,
+    postgres_server_url,
 )
 
 
@@ -316,3 +317,17 @@ def test_postgres_password_is_never_printed() -> None:
     output = result.stdout + result.stderr + current.stdout + current.stderr
     assert "hunter2secret" not in output
     assert "postgres:***@" in current.stdout and "(head)" in current.stdout
+
+
+def test_a_missing_postgres_database_names_createdb() -> None:
+    from sqlalchemy.engine import make_url
+    from typer.testing import CliRunner
+
+    from labelfix.cli import app
+
+    url = make_url(postgres_server_url()).set(database="labelfix_no_such_db").render_as_string(
+        hide_password=False)
+    result = CliRunner().invoke(app, ["--db", url, "audits"])
+    assert result.exit_code == 1
+    assert "does not exist" in result.stderr and "createdb labelfix_no_such_db" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1

@@ -67,9 +67,6 @@ def redact(url: str) -> str:
         return re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url)
 
 
-def is_postgresql(url: str) -> bool:
-    return make_url(url).get_backend_name() == "postgresql"
-
 
 def migrations_dir() -> Path:
     """Where the Alembic scripts are: inside an installed wheel, or at the top of a checkout."""
