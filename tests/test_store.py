@@ -161,6 +161,37 @@ def test_open_creates_database_at_head_with_sqlite_settings(db: Path) -> None:
     assert revision == head_revision()
 
 
+def test_opening_waits_for_another_writer_to_switch_to_wal(tmp_path: Path) -> None:
+    """SQLite refuses a journal-mode change at once, busy timeout or not, while another
+    connection writes in rollback mode; labelfix must wait for that write, not fail."""
+    import sqlite3
+    import threading
+    import time
+
+    path = tmp_path / "shared.db"
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("BEGIN IMMEDIATE")
+    other.execute("CREATE TABLE someone_elses (x)")
+    released = threading.Event()
+
+    def finish() -> None:
+        time.sleep(0.5)
+        other.execute("ROLLBACK")
+        other.close()
+        released.set()
+
+    threading.Thread(target=finish).start()
+    store = Store(resolve_url(path))
+    try:
+        with store.session() as session:
+            assert released.is_set()
+            assert session.execute(text("PRAGMA journal_mode")).scalar() == "wal"
+            assert session.execute(text("select version_num from alembic_version")).scalar() \
+                == head_revision()
+    finally:
+        store.dispose()
+
+
 @both_backends
 def test_foreign_keys_are_enforced(db: Database) -> None:
     from sqlalchemy.exc import IntegrityError

@@ -7,6 +7,7 @@ input never creates or touches a database.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -99,7 +100,7 @@ def _sqlite_settings(engine: Engine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA foreign_keys = ON")
-        cursor.execute("PRAGMA journal_mode = WAL")
+        _wal_mode(cursor)
         # Safe with WAL: a power cut may lose the last commit, never corrupt the file.
         cursor.execute("PRAGMA synchronous = NORMAL")
         cursor.close()
@@ -111,6 +112,28 @@ def _sqlite_settings(engine: Engine) -> None:
         # process wrote in between (WAL cannot upgrade a stale snapshot), which is how two
         # labelfix processes on one database would see "database is locked".
         connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def _wal_mode(cursor: Any) -> None:
+    """Switch to WAL, waiting up to the busy timeout for another process's write to end.
+
+    Changing the journal mode needs the database to itself, and SQLite answers "database is
+    locked" at once, without the busy handler, while another connection writes in rollback
+    mode (a second labelfix opening a brand-new file, or any tool writing a non-WAL file).
+    """
+    import sqlite3
+
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    pause = 0.01
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() + pause > deadline:
+                raise
+            time.sleep(pause)
+            pause = min(pause * 2, 0.5)
 
 
 def _check_sqlite_path(url: str) -> None:
