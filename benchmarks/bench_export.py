@@ -62,7 +62,6 @@ ROOT = HERE.parent
 WORK = HERE / "_work"
 GNU_TIME = "/usr/bin/time"
 CLASSES = 20
-NOISE = 0.05
 TARGET = 1.5
 
 BASELINE_SCRIPT = textwrap.dedent('''
@@ -128,47 +127,10 @@ STAGES_SCRIPT = textwrap.dedent('''
 
 
 def make_data(rows: int, seed: int) -> tuple[Path, Path]:
-    """The cached CSV and .npy for these parameters, generated on first use."""
-    WORK.mkdir(parents=True, exist_ok=True)
-    stem = f"export_{rows}_s{seed}"
-    csv_path, npy_path = WORK / f"{stem}.csv", WORK / f"{stem}.npy"
-    if csv_path.is_file() and npy_path.is_file():
-        return csv_path, npy_path
-    started = time.perf_counter()
-    rng = np.random.default_rng(seed)
-    prior = 1.0 + rng.random(CLASSES)
-    prior /= prior.sum()
-    truth = rng.choice(CLASSES, size=rows, p=prior)
-    logits = rng.normal(0.0, 1.0, size=(rows, CLASSES))
-    logits[np.arange(rows), truth] += rng.uniform(3.0, 9.0, size=rows)
-    logits -= logits.max(axis=1, keepdims=True)
-    probs = np.exp(logits)
-    probs /= probs.sum(axis=1, keepdims=True)
-    probs = probs.astype(np.float32)
-    del logits
-    given = truth.copy()
-    flip = rng.random(rows) < NOISE
-    given[flip] = (truth[flip] + rng.integers(1, CLASSES, size=int(flip.sum()))) % CLASSES
-    syllables = ["ka", "lo", "mi", "ne", "ru", "sa", "ti", "vo", "ze", "pa", "do", "fe"]
-    vocab = np.array(sorted({a + b + c for a in syllables for b in syllables
-                             for c in syllables[:4]}))
-    lengths = rng.integers(5, 13, size=rows)
-    words = vocab[rng.integers(0, len(vocab), size=int(lengths.sum()))].tolist()
-    texts, at = [], 0
-    for row, n in enumerate(lengths.tolist()):
-        texts.append(" ".join(words[at : at + n]) + f" {row}")
-        at += n
-    names = [f"class_{k:02d}" for k in range(CLASSES)]
-    tmp_csv, tmp_npy = csv_path.with_suffix(".csv.tmp"), npy_path.with_suffix(".tmp.npy")
-    with tmp_csv.open("w", encoding="utf-8", newline="\n") as handle:
-        handle.write("text,label\n")
-        handle.writelines(f"{t},{names[g]}\n" for t, g in zip(texts, given.tolist(), strict=True))
-    np.save(tmp_npy, probs)
-    tmp_csv.replace(csv_path)
-    tmp_npy.replace(npy_path)
-    print(f"generated {csv_path.name} ({csv_path.stat().st_size / 2**20:.0f} MiB) and "
-          f"{npy_path.name} in {time.perf_counter() - started:.1f} s", file=sys.stderr)
-    return csv_path, npy_path
+    """The cached CSV and .npy for these parameters: bench_scan.py's data, CLASSES classes."""
+    from bench_scan import make_data as scan_data
+
+    return scan_data(rows, CLASSES, seed)
 
 
 def _labelfix(labelfix: list[str], db: Path, *args: str) -> str:
@@ -200,7 +162,7 @@ def make_template(labelfix: list[str], csv_path: Path, npy_path: Path,
         lines = list(reader)
     if len(lines) < corrections:
         sys.exit(f"cleanlab flagged only {len(lines)} rows, fewer than --corrections "
-                 f"{corrections}; raise NOISE or the row count")
+                 f"{corrections}; raise NOISE in bench_scan.py or the row count")
     names = [f"class_{k:02d}" for k in range(CLASSES)]
     chosen: dict[int, str] = {}
     for line in lines[:corrections]:

@@ -14,6 +14,7 @@ release whose layers no longer look as expected, keeps the full forward pass.
 from __future__ import annotations
 
 import functools
+import inspect
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -67,7 +68,7 @@ def prune_to_first_token(net: Any, tokenizer: Any) -> bool:
     compute = _distilbert_block if style == "distilbert" else _bert_layer
     try:
         probe = tokenizer(list(PROBE_TEXTS), padding=True, return_tensors="pt")
-        accepted = set(_forward_arguments(net))
+        accepted = inspect.signature(net.forward).parameters
         inputs = {k: v for k, v in probe.items() if k in accepted}
         with torch.inference_mode():
             full = net(**inputs).logits.float().softmax(-1)
@@ -142,8 +143,3 @@ def _bert_layer(layer: Any, hidden: torch.Tensor, mask: Any) -> torch.Tensor:
     x = layer.attention.output(context, first)
     return layer.output(layer.intermediate(x), x)
 
-
-def _forward_arguments(net: Any) -> list[str]:
-    import inspect
-
-    return list(inspect.signature(net.forward).parameters)

@@ -31,22 +31,17 @@ from __future__ import annotations
 import calendar
 import copy
 import fnmatch
-import http
 import json
 import re
-import socket
-import socketserver
-import struct
-import sys
-import threading
-import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import SplitResult, parse_qsl, unquote, urlsplit
+
+from tests.servers.loopback import LoopbackHandler, LoopbackServer
+from tests.servers.loopback import json_bytes as _json_bytes
 
 __all__ = ["DATASET_NAME_PATTERN", "QueryError", "RubrixServer", "compile_query_text"]
 
@@ -61,7 +56,6 @@ STREAM_CHUNK_SIZE = 1000
 # query_string's default_field in Rubrix's text_query helper.
 DEFAULT_FIELD = "text"
 DATE_FIELDS = frozenset({"last_updated", "event_timestamp"})
-FAULT_MODES = ("status", "reset", "slow", "bad_json")
 _UTC = timezone.utc
 _NS_PER_MS = 1_000_000
 
@@ -118,14 +112,6 @@ class _Response:
     content_type: str = "application/json"
 
 
-@dataclass(frozen=True)
-class _Fault:
-    every: int
-    mode: str
-    status: int
-    delay: float
-
-
 @dataclass
 class _Dataset:
     name: str
@@ -140,12 +126,6 @@ class _Dataset:
         return {"name": self.name, "task": TASK, "owner": self.owner,
                 "created_at": self.created_at, "last_updated": self.last_updated,
                 "tags": dict(self.tags), "metadata": dict(self.metadata)}
-
-
-def _json_bytes(content: Any) -> bytes:
-    """Render like Starlette's JSONResponse: compact, UTF-8."""
-    return json.dumps(content, ensure_ascii=False, allow_nan=False,
-                      separators=(",", ":")).encode("utf-8")
 
 
 def _format_ms(ms: int) -> str:
@@ -784,97 +764,18 @@ def compile_query_text(text: str | None, *, now_ms: int = 0) -> _Predicate:
 # --------------------------------------------------------------------------- the server
 
 
-class _HTTPServer(ThreadingHTTPServer):
-    """A ThreadingHTTPServer that knows its double and keeps client hang-ups quiet."""
+class _Handler(LoopbackHandler):
+    """RubrixServer's requests (the last query value wins) and answers, streams chunked."""
 
-    daemon_threads = True
-    double: RubrixServer
+    response = _Response
+    bad_json = b'{"detail": {"code": "rubrix.api.err'
 
-    def server_bind(self) -> None:
-        # HTTPServer.server_bind would look up the host's FQDN, which can stall on DNS.
-        socketserver.TCPServer.server_bind(self)
-        self.server_name, self.server_port = self.server_address[:2]
-
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        if isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError)):
-            return  # the client went away (or a fault test reset it): not our failure
-        super().handle_error(request, client_address)
-
-
-class _Handler(BaseHTTPRequestHandler):
-    """Turns HTTP/1.1 requests into ``RubrixServer._handle`` calls and writes the answers."""
-
-    protocol_version = "HTTP/1.1"  # keep-alive and chunked streams, like uvicorn
-    server: _HTTPServer
-
-    def version_string(self) -> str:
-        return "uvicorn"
-
-    def log_message(self, format: str, *args: Any) -> None:
-        pass  # pytest output stays readable; server.requests has the log
-
-    def setup(self) -> None:
-        super().setup()
-        # Headers, body and stream chunks are separate writes: without this, Nagle's
-        # algorithm and the client's delayed ACK add ~40 ms to every response.
-        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.server.double._track(self.connection, add=True)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.server.double._track(self.connection, add=False)
-
-    def do_GET(self) -> None:
-        self._serve()
-
-    do_POST = do_PUT = do_PATCH = do_DELETE = do_GET
-
-    def _read_body(self) -> bytes:
-        if "chunked" in (self.headers.get("Transfer-Encoding") or "").lower():
-            parts = []
-            while True:
-                size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
-                if size == 0:
-                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
-                        pass  # trailers
-                    return b"".join(parts)
-                parts.append(self.rfile.read(size))
-                self.rfile.readline()
-        length = int(self.headers.get("Content-Length") or 0)
-        return self.rfile.read(length) if length > 0 else b""
-
-    def _serve(self) -> None:
-        double = self.server.double
-        body = self._read_body()
-        double._log(self.command, self.path, dict(self.headers.items()))
-        fault = double._draw_fault()
-        if fault is not None:
-            if fault.mode == "reset":
-                self._reset()
-                return
-            if fault.mode == "slow":
-                time.sleep(fault.delay)
-            elif fault.mode == "bad_json":
-                # Cut mid-value: what a proxy hiccup or a dying worker leaves behind.
-                self._send(_Response(200, b'{"detail": {"code": "rubrix.api.err'))
-                return
-            else:
-                self._send(_fault_response(fault.status))
-                return
-        split = urlsplit(self.path)
-        request = _Request(
+    def _request(self, split: SplitResult, body: bytes) -> _Request:
+        return _Request(
             method=self.command, target=self.path, path=unquote(split.path),
             query=dict(parse_qsl(split.query, keep_blank_values=True)),
             headers=self.headers, body=body,
         )
-        try:
-            response = double._handle(request)
-        except Exception as exc:  # a bug in the double must fail the test, not hang it
-            response = _Response(500, _json_bytes({"detail": {
-                "code": "builtins." + type(exc).__name__, "params": {"message": str(exc)}}}))
-        self._send(response)
 
     def _send(self, response: _Response) -> None:
         self.send_response(response.status)
@@ -892,26 +793,6 @@ class _Handler(BaseHTTPRequestHandler):
             if chunk:
                 self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
         self.wfile.write(b"0\r\n\r\n")
-
-    def _reset(self) -> None:
-        """Drop the connection with a TCP RST and no response at all."""
-        self.close_connection = True
-        try:
-            # Linger 0 turns close() into a reset instead of an orderly FIN.
-            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        except OSError:
-            pass
-        self.rfile.close()  # drops the makefile reference so close() really closes
-        self.connection.close()
-
-
-def _fault_response(status: int) -> _Response:
-    try:
-        phrase = http.HTTPStatus(status).phrase
-    except ValueError:  # a status code with no standard name
-        phrase = f"Status {status}"
-    headers = {"Retry-After": "0"} if status == 429 else {}
-    return _Response(status, _json_bytes({"detail": f"{phrase} (injected fault)"}), headers)
 
 
 @dataclass(frozen=True)
@@ -935,7 +816,7 @@ _ROUTES = (
 )
 
 
-class RubrixServer:
+class RubrixServer(LoopbackServer):
     """A Rubrix 0.18 (``flavor="rubrix"``) or Argilla 1.0 (``"argilla1"``) server in memory.
 
     Args:
@@ -952,6 +833,8 @@ class RubrixServer:
     Use as a context manager, or call :meth:`start` and :meth:`stop`.
     """
 
+    handler = _Handler
+
     def __init__(
         self,
         api_key: str = "rubrix.apikey",
@@ -966,71 +849,18 @@ class RubrixServer:
             raise ValueError(f"flavor {flavor!r}: choose one of {sorted(_FLAVORS)}")
         if stream_chunk_size < 1:
             raise ValueError("stream_chunk_size must be at least 1")
+        super().__init__()
         self.api_key = api_key
         self.workspaces: tuple[str, ...] = tuple(workspaces)
         self.flavor = flavor
         self.username = username
         self.stream_chunk_size = stream_chunk_size
-        self.requests: list[tuple[str, str, dict[str, str]]] = []
-        self.injected_faults = 0
         self._flavor = _FLAVORS[flavor]
         self._clock = clock or (lambda: datetime.now(_UTC))
-        self._lock = threading.RLock()
         self._datasets: dict[tuple[str, str], _Dataset] = {}
         self._last_ms = 0
-        self._fault: _Fault | None = None
-        self._fault_counter = 0
-        self._connections: set[socket.socket] = set()
-        self._httpd: _HTTPServer | None = None
-        self._thread: threading.Thread | None = None
 
-    # ---- lifecycle
-
-    def start(self) -> RubrixServer:
-        """Listen on 127.0.0.1 at a free port and serve from a background thread."""
-        if self._httpd is not None:
-            return self
-        httpd = _HTTPServer(("127.0.0.1", 0), _Handler)
-        httpd.double = self
-        self._httpd = httpd
-        self._thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.01},
-                                        name=f"RubrixServer:{self.port}", daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        """Stop serving and close every open connection (clients see them closed)."""
-        httpd, self._httpd = self._httpd, None
-        if httpd is None:
-            return
-        httpd.shutdown()
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        httpd.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-
-    def __enter__(self) -> RubrixServer:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
-
-    @property
-    def port(self) -> int:
-        if self._httpd is None:
-            raise RuntimeError("RubrixServer is not running: use it as a context manager")
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        """``http://127.0.0.1:PORT``, without a trailing slash."""
-        return f"http://127.0.0.1:{self.port}"
+    # ---- connecting
 
     @property
     def key_header(self) -> str:
@@ -1107,49 +937,6 @@ class RubrixServer:
             record["last_updated"] = stamp
             found.last_updated = stamp
             return stamp
-
-    def fail_every(self, n: int, status: int = 500, *, mode: str = "status",
-                   delay: float = 2.0) -> None:
-        """Make every ``n``-th request from now on fail; ``n=0`` turns faults off.
-
-        Modes: ``"status"`` answers ``status`` (429 comes with ``Retry-After: 0``),
-        ``"reset"`` drops the connection without a response, ``"slow"`` waits ``delay``
-        seconds and then answers normally, ``"bad_json"`` answers 200 with a cut-off JSON
-        body. Requests answered by a fault (other than slow) change nothing on the server.
-        The count is deterministic and covers every request, ``/api/_info`` included.
-        """
-        if n < 0:
-            raise ValueError("n must be 0 (off) or positive")
-        if mode not in FAULT_MODES:
-            raise ValueError(f"mode {mode!r}: choose one of {FAULT_MODES}")
-        if mode == "status" and not 400 <= status <= 599:
-            raise ValueError(f"status {status}: an injected fault must be 4xx or 5xx")
-        with self._lock:
-            self._fault = _Fault(n, mode, status, delay) if n else None
-            self._fault_counter = 0
-
-    # ---- internals used by the handler
-
-    def _track(self, connection: socket.socket, *, add: bool) -> None:
-        with self._lock:
-            if add:
-                self._connections.add(connection)
-            else:
-                self._connections.discard(connection)
-
-    def _log(self, method: str, target: str, headers: dict[str, str]) -> None:
-        with self._lock:
-            self.requests.append((method, target, headers))
-
-    def _draw_fault(self) -> _Fault | None:
-        with self._lock:
-            if self._fault is None:
-                return None
-            self._fault_counter += 1
-            if self._fault_counter % self._fault.every:
-                return None
-            self.injected_faults += 1
-            return self._fault
 
     def _stamp(self, *, strictly_later: bool) -> str:
         """Now, never earlier than the last stamp (and later than it when asked). Hold the lock."""
